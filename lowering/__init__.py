@@ -1,0 +1,3 @@
+"""Backend lowering (being filled in)."""
+
+__all__: list[str] = []

@@ -1,0 +1,174 @@
+"""Fold eval-mode batch norm into the convolution or linear layer before it.
+
+``y = bn(conv(x, W, b))`` with running statistics ``mean, var`` and affine
+``gamma, beta`` equals ``conv(x, W', b')`` where, per output channel ``c``::
+
+    s_c  = gamma_c / sqrt(var_c + eps)
+    W'_c = W_c * s_c
+    b'_c = (b_c - mean_c) * s_c + beta_c
+
+Folding before annotation means the weight observer sees the weight that will
+really be used, and the backend needs no batch-norm kernel.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.fx import GraphModule, Node
+
+from .capture import remove_dead_code
+
+__all__ = ["fold_bn_into_preceding_op", "BN_OPS", "CONV_OPS", "CONV_TRANSPOSE_OPS"]
+
+aten = torch.ops.aten
+
+BN_OPS = frozenset({
+    aten.batch_norm.default,
+    aten._native_batch_norm_legit_no_training.default,
+})
+CONV_OPS = frozenset({aten.conv1d.default, aten.conv2d.default, aten.conv3d.default})
+CONV_TRANSPOSE_OPS = frozenset({
+    aten.conv_transpose1d.default,
+    aten.conv_transpose2d.input,
+    aten.conv_transpose3d.input,
+})
+LINEAR_OPS = frozenset({aten.linear.default})
+
+
+def _bn_params(bn: Node) -> tuple[Any, Any, Any, Any, float] | None:
+    """(gamma, beta, running_mean, running_var, eps) of an eval-mode batch norm, else None."""
+    a: Any = bn.args
+    if bn.target == aten.batch_norm.default:
+        # batch_norm(input, weight, bias, running_mean, running_var, training, momentum, eps, cudnn)
+        if a[5]:
+            return None
+        return a[1], a[2], a[3], a[4], float(a[7])
+    # _native_batch_norm_legit_no_training(input, weight, bias, running_mean, running_var, momentum, eps)
+    return a[1], a[2], a[3], a[4], float(a[6])
+
+
+def _attr(gm: GraphModule, node: Any) -> torch.Tensor | None:
+    if node is None:
+        return None
+    if not isinstance(node, Node) or node.op != "get_attr":
+        raise _NotFoldable
+    return _fetch(gm, str(node.target))
+
+
+def _fetch(gm: GraphModule, target: str) -> torch.Tensor:
+    obj: Any = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+class _NotFoldable(Exception):
+    pass
+
+
+def _new_attr(gm: GraphModule, base: str, value: torch.Tensor, counter: list[int]) -> str:
+    name = f"{base.replace('.', '_')}_bn_folded"
+    while hasattr(gm, name):
+        counter[0] += 1
+        name = f"{base.replace('.', '_')}_bn_folded_{counter[0]}"
+    gm.register_parameter(name, torch.nn.Parameter(value.detach(), requires_grad=False))
+    return name
+
+
+def _set_meta(node: Node, like: Node, value: torch.Tensor) -> None:
+    """Give a new get_attr node the metadata passes expect (a fake ``val`` of its value)."""
+    for k in ("nn_module_stack", "stack_trace"):
+        if k in like.meta:
+            node.meta[k] = like.meta[k]
+    old = like.meta.get("val")
+    mode = getattr(old, "fake_mode", None)
+    node.meta["val"] = mode.from_tensor(value) if mode is not None else value
+
+
+def fold_bn_into_preceding_op(gm: GraphModule) -> int:
+    """Fold every eval-mode batch norm that directly follows a conv / conv-transpose / linear.
+
+    The producer must have the batch norm as its only user and take its weight (and
+    bias, if any) from ``get_attr`` nodes. New folded parameters are registered under
+    fresh names, so a weight shared with another layer is never changed. Returns the
+    number of batch norms folded.
+
+    >>> import torch
+    >>> m = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4)).eval()
+    >>> m[1].running_mean.uniform_(); m[1].running_var.uniform_(1, 2)  # doctest: +ELLIPSIS
+    tensor(...)
+    tensor(...)
+    >>> x = torch.randn(1, 3, 8, 8)
+    >>> gm = torch.export.export(m, (x,)).module()
+    >>> fold_bn_into_preceding_op(gm)
+    1
+    >>> torch.allclose(gm(x), m(x), atol=1e-5)
+    True
+    """
+    folded = 0
+    counter = [0]
+    graph = gm.graph
+    for bn in list(graph.nodes):
+        if bn.op != "call_function" or bn.target not in BN_OPS:
+            continue
+        params = _bn_params(bn)
+        producer = bn.args[0]
+        if params is None or not isinstance(producer, Node) or len(producer.users) != 1:
+            continue
+        if producer.target in CONV_OPS | LINEAR_OPS:
+            out_axis = 0
+        elif producer.target in CONV_TRANSPOSE_OPS:
+            out_axis = 1
+            groups = producer.args[6] if len(producer.args) > 6 else 1
+            if groups != 1:
+                continue
+        else:
+            continue
+        w_arg = producer.args[1]
+        b_arg = producer.args[2] if len(producer.args) > 2 else None
+        try:
+            w = _attr(gm, w_arg)
+            b = _attr(gm, b_arg)
+            gamma, beta, mean, var = (_attr(gm, p) for p in params[:4])
+        except _NotFoldable:
+            continue
+        assert isinstance(w_arg, Node) and w is not None and mean is not None and var is not None
+        eps = params[4]
+        with torch.no_grad():
+            s = torch.rsqrt(var + eps)
+            if gamma is not None:
+                s = s * gamma
+            shape = [1] * w.dim()
+            shape[out_axis] = -1
+            new_w = w * s.reshape(shape)
+            new_b = (b if b is not None else torch.zeros_like(mean)) - mean
+            new_b = new_b * s + (beta if beta is not None else 0)
+        w_name = _new_attr(gm, str(w_arg.target), new_w, counter)
+        b_base = str(b_arg.target) if isinstance(b_arg, Node) else f"{w_name}_bias"
+        b_name = _new_attr(gm, b_base, new_b, counter)
+        with graph.inserting_before(producer):
+            w_node = graph.get_attr(w_name)
+            b_node = graph.get_attr(b_name)
+        _set_meta(w_node, w_arg, new_w)
+        _set_meta(b_node, w_arg, new_b)
+        args = list(producer.args)
+        while len(args) < 3:
+            args.append(None)
+        args[1], args[2] = w_node, b_node
+        producer.args = tuple(args)
+        # batch_norm returns a tensor; the legit_no_training variant returns a tuple
+        if bn.target == aten.batch_norm.default:
+            bn.replace_all_uses_with(producer)
+        else:
+            for user in list(bn.users):
+                user.replace_all_uses_with(producer)
+                graph.erase_node(user)
+        graph.erase_node(bn)
+        folded += 1
+    if folded:
+        remove_dead_code(gm, recompile=False)
+        graph.lint()
+        gm.recompile()
+    return folded

@@ -1,0 +1,211 @@
+"""Replace each observer with PyTorch's standard quantize/dequantize ops.
+
+Static per-tensor (scalar qparams)::
+
+    x -> obs -> y    becomes    x -> quantize_per_tensor(x, s, zp, qmin, qmax, dtype)
+                                  -> dequantize_per_tensor(..., s, zp, qmin, qmax, dtype) -> y
+
+Per-channel (weights): ``quantize_per_channel`` / ``dequantize_per_channel`` with
+scale and zero point read from ``get_attr`` buffers. Dynamic: ``choose_qparams``
+computes scale and zero point at run time and feeds the ``.tensor`` overloads.
+A float observer (``PlaceholderObserver(dtype=torch.float)``, ``NoopObserver``) is
+simply removed.
+"""
+
+from __future__ import annotations
+
+import operator
+from typing import Any
+
+import torch
+from torch.fx import GraphModule, Node
+
+from .capture import describe_node
+from .errors import ObserverStateError
+from .ops import QD, is_dequantize, storage_dtype
+from .prepare import is_observer_module
+from .quantizer.annotation import get_annotation
+
+__all__ = ["replace_observers", "duplicate_dequantize_per_user", "port_dequantize_metadata", "observer_qparams"]
+
+_INT_DTYPES = {torch.uint8, torch.int8, torch.int16, torch.int32, torch.uint16}
+_META_KEYS = ("nn_module_stack", "stack_trace", "from_node")
+_PER_CHANNEL = (
+    torch.per_channel_affine,
+    torch.per_channel_symmetric,
+    torch.per_channel_affine_float_qparams,
+)
+
+
+def _range(obs: Any, dtype: torch.dtype) -> tuple[int, int]:
+    info = torch.iinfo(dtype)
+    qmin = getattr(obs, "quant_min", None)
+    qmax = getattr(obs, "quant_max", None)
+    return (int(info.min) if qmin is None else int(qmin), int(info.max) if qmax is None else int(qmax))
+
+
+def _where(node: Node) -> str:
+    observed = node.args[0]
+    return f"observer '{node.target}' (observing {describe_node(observed)})"  # type: ignore[arg-type]
+
+
+def observer_qparams(obs: Any, node: Node) -> tuple[torch.Tensor, torch.Tensor]:
+    """``obs.calculate_qparams()``, with a clear error when the observer saw no data."""
+    inner = getattr(obs, "activation_post_process", obs)  # fake quantizers wrap an observer
+    mn, mx = getattr(inner, "min_val", None), getattr(inner, "max_val", None)
+    if isinstance(mn, torch.Tensor) and isinstance(mx, torch.Tensor):
+        empty = mn.numel() == 0 or bool(torch.isinf(mn).all()) and bool(torch.isinf(mx).all())
+        if empty:
+            raise ObserverStateError(
+                f"{_where(node)} has seen no data, so it has no quantization parameters. "
+                "Run calibration data through the prepared model (model(*example_inputs)) "
+                "before convert_pt2e"
+            )
+    try:
+        scale, zero_point = obs.calculate_qparams()
+    except ObserverStateError as e:
+        raise ObserverStateError(f"{_where(node)}: {e}") from None
+    return scale, zero_point
+
+
+def _copy_meta(dst: Node, src: Node) -> None:
+    for k in _META_KEYS:
+        if k in src.meta:
+            dst.meta[k] = src.meta[k]
+
+
+def _register_buffer(model: GraphModule, base: str, value: torch.Tensor) -> str:
+    name = base
+    i = 0
+    while hasattr(model, name):
+        i += 1
+        name = f"{base}_{i}"
+    model.register_buffer(name, value)
+    return name
+
+
+def _feed_constant(model: GraphModule, node: Node, obs: Any) -> None:
+    """Let a weight observer see its weight if calibration never ran it (dynamic flows)."""
+    from .fold import constant_value
+
+    inner = getattr(obs, "activation_post_process", obs)
+    mn = getattr(inner, "min_val", None)
+    if not isinstance(mn, torch.Tensor) or (mn.numel() and not bool(torch.isinf(mn).all())):
+        return
+    value = constant_value(model, node.args[0])  # type: ignore[arg-type]
+    if value is not None:
+        with torch.no_grad():
+            obs(value)
+
+
+def _replace_one(model: GraphModule, node: Node, obs: Any) -> None:
+    graph = model.graph
+    x = node.args[0]
+    assert isinstance(x, Node)
+    _feed_constant(model, node, obs)
+    dtype = storage_dtype(obs.dtype)
+    is_dynamic = bool(getattr(obs, "is_dynamic", False))
+    dq_kwargs: dict[str, Any] = {}
+    val = x.meta.get("val")
+    if isinstance(val, torch.Tensor) and val.dtype not in (torch.float32,) and val.is_floating_point():
+        dq_kwargs = {"out_dtype": val.dtype}
+
+    with graph.inserting_before(node):
+        if dtype in _INT_DTYPES and not is_dynamic:
+            qmin, qmax = _range(obs, dtype)
+            scale, zp = observer_qparams(obs, node)
+            if getattr(obs, "qscheme", None) in _PER_CHANNEL:
+                axis = int(obs.ch_axis)
+                s_node = graph.get_attr(_register_buffer(model, f"{node.target}_scale", scale))
+                z_node = graph.get_attr(_register_buffer(model, f"{node.target}_zero_point", zp))
+                qargs: tuple[Any, ...] = (s_node, z_node, axis, qmin, qmax, dtype)
+                q_op, dq_op = QD.quantize_per_channel.default, QD.dequantize_per_channel.default
+            else:
+                qargs = (float(scale), int(zp), qmin, qmax, dtype)
+                q_op, dq_op = QD.quantize_per_tensor.default, QD.dequantize_per_tensor.default
+            q = graph.call_function(q_op, (x, *qargs))
+            dq = graph.call_function(dq_op, (q, *qargs), dq_kwargs)
+        elif is_dynamic and dtype in (torch.uint8, torch.int8):
+            qmin, qmax = _range(obs, dtype)
+            eps = float(getattr(obs, "eps", torch.finfo(torch.float32).eps))
+            symmetric = getattr(obs, "qscheme", None) == torch.per_tensor_symmetric
+            choose = QD.choose_qparams_symmetric.tensor if symmetric else QD.choose_qparams.tensor
+            cq = graph.call_function(choose, (x, qmin, qmax, eps, dtype))
+            s_node = graph.call_function(operator.getitem, (cq, 0))
+            z_node = graph.call_function(operator.getitem, (cq, 1))
+            qargs = (s_node, z_node, qmin, qmax, dtype)
+            q = graph.call_function(QD.quantize_per_tensor.tensor, (x, *qargs))
+            dq = graph.call_function(QD.dequantize_per_tensor.tensor, (q, *qargs), dq_kwargs)
+            for n in (cq, s_node, z_node):
+                _copy_meta(n, node)
+        elif obs.dtype == torch.float16 and not is_dynamic:
+            convert = QD.convert_element_type.no_fuse
+            q = graph.call_function(convert, (x, torch.float16))
+            dq = graph.call_function(convert, (q, torch.float32))
+        else:
+            node.replace_all_uses_with(x)
+            graph.erase_node(node)
+            return
+    _copy_meta(q, node)
+    _copy_meta(dq, node)
+    node.replace_all_uses_with(dq)
+    graph.erase_node(node)
+
+
+def replace_observers(model: GraphModule) -> int:
+    """Replace every observer call in ``model`` with q/dq ops; return how many were replaced."""
+    modules = dict(model.named_modules(remove_duplicate=False))
+    replaced = 0
+    for node in list(model.graph.nodes):
+        if node.op != "call_module":
+            continue
+        obs = modules.get(str(node.target))
+        if not is_observer_module(obs):
+            continue
+        _replace_one(model, node, obs)
+        replaced += 1
+    for name in {str(n) for n in modules if is_observer_module(modules[n]) and n}:
+        if "." not in name and hasattr(model, name):
+            delattr(model, name)
+    return replaced
+
+
+def _is_dynamic_dq(node: Node) -> bool:
+    return node.target == QD.dequantize_per_tensor.tensor and any(
+        isinstance(a, Node) and a.target is operator.getitem for a in node.args[1:3]
+    )
+
+
+def port_dequantize_metadata(model: GraphModule) -> None:
+    """A dequantize of a constant (weight) takes its consumer's module metadata."""
+    for dq in model.graph.nodes:
+        if is_dequantize(dq) and "nn_module_stack" not in dq.meta and len(dq.users) == 1:
+            user = next(iter(dq.users))
+            for k in _META_KEYS:
+                if k in user.meta:
+                    dq.meta[k] = user.meta[k]
+
+
+def duplicate_dequantize_per_user(model: GraphModule) -> int:
+    """Give each annotated consumer of a shared dequantize its own copy.
+
+    Backends match ``dq -> op -> q`` per operator; a dequantize shared by two
+    annotated operators would tie their patterns together. Dynamic
+    ``choose_qparams`` chains are left shared, as torchao does. Returns the number
+    of copies made.
+    """
+    graph = model.graph
+    made = 0
+    for dq in list(graph.nodes):
+        if not is_dequantize(dq) or len(dq.users) < 2 or _is_dynamic_dq(dq):
+            continue
+        for user in list(dq.users):
+            if len(dq.users) == 1:
+                break
+            if get_annotation(user) is None:
+                continue
+            with graph.inserting_after(dq):
+                copy = graph.node_copy(dq)
+            user.replace_input_with(dq, copy)
+            made += 1
+    return made

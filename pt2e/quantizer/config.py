@@ -1,0 +1,100 @@
+"""Bundles of specs a backend applies to an operator: activation, weight, bias."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, NamedTuple
+
+import torch
+
+from observers.errors import QuantizationConfigError
+
+from .spec import QuantizationSpec
+
+__all__ = [
+    "QuantizationConfig",
+    "OperatorConfig",
+    "OperatorPatternType",
+    "get_input_act_qspec",
+    "get_output_act_qspec",
+    "get_weight_qspec",
+    "get_bias_qspec",
+]
+
+_PER_TENSOR = (torch.per_tensor_affine, torch.per_tensor_symmetric)
+_WEIGHT_QSCHEMES = (torch.per_tensor_symmetric, torch.per_channel_symmetric, None)
+
+
+@dataclass(eq=True, frozen=True)
+class QuantizationConfig:
+    """How a quantizer treats one operator's activations, weight and bias.
+
+    >>> import torch
+    >>> from observers import MinMaxObserver
+    >>> act = QuantizationSpec(dtype=torch.uint8, quant_min=0, quant_max=255,
+    ...                        qscheme=torch.per_tensor_affine,
+    ...                        observer_or_fake_quant_ctr=MinMaxObserver)
+    >>> cfg = QuantizationConfig(act, act, weight=None, bias=None)
+    >>> get_input_act_qspec(cfg) is act, get_weight_qspec(cfg)
+    (True, None)
+    """
+
+    input_activation: QuantizationSpec | None
+    output_activation: QuantizationSpec | None
+    weight: QuantizationSpec | None
+    bias: QuantizationSpec | None
+    is_qat: bool = False
+
+
+OperatorPatternType = Annotated[list[Callable], None]
+
+
+class OperatorConfig(NamedTuple):
+    """A config and the operator patterns it applies to (informational, as in torchao)."""
+
+    config: QuantizationConfig
+    operators: list[OperatorPatternType]
+
+
+def _act(spec: QuantizationSpec | None, field: str) -> QuantizationSpec | None:
+    if spec is not None and spec.qscheme not in _PER_TENSOR:
+        raise QuantizationConfigError(
+            f"QuantizationConfig.{field}.qscheme={spec.qscheme} is not supported for activations; "
+            f"use one of {list(_PER_TENSOR)}"
+        )
+    return spec
+
+
+def get_input_act_qspec(config: QuantizationConfig | None) -> QuantizationSpec | None:
+    """The input-activation spec of ``config`` (``None`` when not quantized)."""
+    return None if config is None else _act(config.input_activation, "input_activation")
+
+
+def get_output_act_qspec(config: QuantizationConfig | None) -> QuantizationSpec | None:
+    """The output-activation spec of ``config`` (``None`` when not quantized)."""
+    return None if config is None else _act(config.output_activation, "output_activation")
+
+
+def get_weight_qspec(config: QuantizationConfig | None) -> QuantizationSpec | None:
+    """The weight spec of ``config``; weights must be symmetric (per tensor or per channel)."""
+    if config is None or config.weight is None:
+        return None
+    if config.weight.qscheme not in _WEIGHT_QSCHEMES:
+        raise QuantizationConfigError(
+            f"QuantizationConfig.weight.qscheme={config.weight.qscheme} is not supported for "
+            f"weights; use one of {list(_WEIGHT_QSCHEMES)}"
+        )
+    return config.weight
+
+
+def get_bias_qspec(config: QuantizationConfig | None) -> QuantizationSpec | None:
+    """The bias spec of ``config``; only float (unquantized) bias is supported, as in torchao."""
+    if config is None or config.bias is None:
+        return None
+    if config.bias.dtype != torch.float:
+        raise QuantizationConfigError(
+            f"QuantizationConfig.bias.dtype={config.bias.dtype} is not supported; bias stays "
+            "float32 (use a DerivedQuantizationSpec for an integer bias)"
+        )
+    return config.bias

@@ -1,0 +1,147 @@
+"""Rewrite quantize/dequantize patterns into explicit integer arithmetic.
+
+``convert_pt2e(..., use_reference_representation=True)`` produces a graph that
+spells out what an integer backend computes, using plain ATen ops only:
+
+* ``quantize_per_tensor(x)``      -> ``clamp(round(x * (1/s)) + zp, qmin, qmax).to(int8)``
+* ``dequantize_per_tensor(q)``    -> ``(q.to(float) - zp) * s``
+* ``dequantize_per_channel(q)``   -> ``(q - zp[c]) * s[c]`` with per-channel broadcasting
+* ``linear(dq(xq), dq(wq), b)``   -> ``(xq - zp_x) @ wq.T`` accumulated in int32, then
+  ``acc * (s_x * s_w) + b`` (symmetric weights, zp_w = 0)
+
+The rewrite is numerically equivalent to the q/dq graph: the quantize/dequantize
+formulas are those of ``torch.ops.quantized_decomposed``, and the int32 matmul is
+exact, so outputs differ only by float summation order.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.fx import GraphModule, Node
+
+from .fold import constant_value
+from .ops import QD
+
+__all__ = ["rewrite_to_reference_representation"]
+
+aten = torch.ops.aten
+
+
+def _call(graph: torch.fx.Graph, op: Any, *args: Any, **kwargs: Any) -> Node:
+    return graph.call_function(op, args, kwargs)
+
+
+def _to(graph: torch.fx.Graph, x: Any, dtype: torch.dtype) -> Node:
+    return _call(graph, aten._to_copy.default, x, dtype=dtype)
+
+
+def _channel_view(graph: torch.fx.Graph, t: Node, axis: int, ndim: int) -> Node:
+    shape = [1] * ndim
+    shape[axis] = -1
+    return _call(graph, aten.view.default, t, shape)
+
+
+def _static_dq_per_tensor(node: Any) -> bool:
+    return isinstance(node, Node) and node.target == QD.dequantize_per_tensor.default
+
+
+def _rewrite_linear(model: GraphModule, lin: Node) -> bool:
+    """Integer linear for ``dq(x) , dq(w) -> linear``; returns whether it rewrote."""
+    graph = model.graph
+    x_dq, w_dq = lin.args[0], lin.args[1]
+    bias = lin.args[2] if len(lin.args) > 2 else None
+    if not _static_dq_per_tensor(x_dq) or not isinstance(w_dq, Node):
+        return False
+    assert isinstance(x_dq, Node)
+    w_q = w_dq.args[0]
+    if w_dq.target == QD.dequantize_per_channel.default:
+        w_value = constant_value(model, w_q)  # type: ignore[arg-type]
+        zp = constant_value(model, w_dq.args[2])  # type: ignore[arg-type]
+        if w_value is None or zp is None or bool(zp.any()) or w_dq.args[3] != 0:
+            return False
+        w_scale: Any = w_dq.args[1]
+    elif _static_dq_per_tensor(w_dq) and w_dq.args[2] == 0:
+        w_scale = float(w_dq.args[1])  # type: ignore[arg-type]
+    else:
+        return False
+    x_q, x_scale, x_zp = x_dq.args[0], float(x_dq.args[1]), int(x_dq.args[2])  # type: ignore[arg-type]
+    with graph.inserting_before(lin):
+        x_i = _call(graph, aten.sub.Tensor, _to(graph, x_q, torch.int32), x_zp)
+        w_i = _to(graph, w_q, torch.int32)
+        acc = _call(graph, aten.matmul.default, x_i, _call(graph, aten.t.default, w_i))
+        scale = _call(graph, aten.mul.Tensor, w_scale, x_scale) if isinstance(w_scale, Node) \
+            else x_scale * w_scale
+        out = _call(graph, aten.mul.Tensor, _to(graph, acc, torch.float32), scale)
+        if bias is not None:
+            out = _call(graph, aten.add.Tensor, out, bias)
+    for n in (x_i, w_i, acc, out):
+        n.meta.update({k: lin.meta[k] for k in ("nn_module_stack", "stack_trace") if k in lin.meta})
+    lin.replace_all_uses_with(out)
+    graph.erase_node(lin)
+    return True
+
+
+def _rewrite_qdq(model: GraphModule, node: Node) -> bool:
+    graph = model.graph
+    t = node.target
+    with graph.inserting_before(node):
+        if t == QD.quantize_per_tensor.default:
+            x, s, zp, qmin, qmax, dtype = node.args[:6]
+            r = _call(graph, aten.round.default, _call(graph, aten.mul.Tensor, x, 1.0 / s))  # type: ignore[operator]
+            c = _call(graph, aten.clamp.default, _call(graph, aten.add.Tensor, r, zp), qmin, qmax)
+            new = _to(graph, c, dtype)  # type: ignore[arg-type]
+        elif t == QD.dequantize_per_tensor.default:
+            q, s, zp = node.args[:3]
+            out_dtype = node.kwargs.get("out_dtype") or torch.float32
+            new = _call(graph, aten.mul.Tensor,
+                        _call(graph, aten.sub.Tensor, _to(graph, q, out_dtype), zp), s)
+        elif t == QD.dequantize_per_channel.default:
+            q, s, zp, axis = node.args[:4]
+            value = constant_value(model, q)  # type: ignore[arg-type]
+            val = q.meta.get("val") if isinstance(q, Node) else None
+            ndim = value.dim() if value is not None else (val.dim() if val is not None else None)
+            if ndim is None:
+                return False
+            diff = _call(graph, aten.sub.Tensor, _to(graph, q, torch.int32),
+                         _channel_view(graph, zp, axis, ndim))  # type: ignore[arg-type]
+            new = _call(graph, aten.mul.Tensor, diff, _channel_view(graph, s, axis, ndim))  # type: ignore[arg-type]
+        else:
+            return False
+    new.meta.update({k: node.meta[k] for k in ("nn_module_stack", "stack_trace") if k in node.meta})
+    node.replace_all_uses_with(new)
+    graph.erase_node(node)
+    return True
+
+
+def rewrite_to_reference_representation(model: GraphModule) -> int:
+    """Rewrite supported patterns in place; return how many nodes were rewritten.
+
+    >>> import torch
+    >>> from pt2e.ops import QD
+    >>> class M(torch.nn.Module):
+    ...     def forward(self, x):
+    ...         q = QD.quantize_per_tensor.default(x, 0.1, 3, 0, 255, torch.uint8)
+    ...         return QD.dequantize_per_tensor.default(q, 0.1, 3, 0, 255, torch.uint8)
+    >>> gm = torch.export.export(M(), (torch.randn(5),)).module()
+    >>> x = torch.randn(5)
+    >>> before = gm(x)
+    >>> rewrite_to_reference_representation(gm)
+    2
+    >>> torch.equal(gm(x), before)
+    True
+    """
+    count = 0
+    for node in list(model.graph.nodes):
+        if node.op == "call_function" and node.target == aten.linear.default:
+            count += _rewrite_linear(model, node)
+    for node in list(model.graph.nodes):
+        if node.op == "call_function" and node.users:
+            count += _rewrite_qdq(model, node)
+    from .capture import remove_dead_code
+
+    remove_dead_code(model, recompile=False)
+    model.graph.lint()
+    model.recompile()
+    return count

@@ -1,0 +1,3 @@
+"""Backend quantizers (being filled in)."""
+
+__all__: list[str] = []

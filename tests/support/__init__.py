@@ -1,0 +1,1 @@
+"""Shared test helpers: the reference quantizer, small models, numeric checks."""
