@@ -18,9 +18,15 @@ from typing import Any
 import torch
 from torch.fx import GraphModule, Node
 
-from .capture import remove_dead_code
+from .capture import attr_value, remove_dead_code
 
-__all__ = ["fold_bn_into_preceding_op", "BN_OPS", "CONV_OPS", "CONV_TRANSPOSE_OPS"]
+__all__ = [
+    "fold_bn_into_preceding_op",
+    "folded_weight_and_bias",
+    "BN_OPS",
+    "CONV_OPS",
+    "CONV_TRANSPOSE_OPS",
+]
 
 aten = torch.ops.aten
 
@@ -54,14 +60,31 @@ def _attr(gm: GraphModule, node: Any) -> torch.Tensor | None:
         return None
     if not isinstance(node, Node) or node.op != "get_attr":
         raise _NotFoldable
-    return _fetch(gm, str(node.target))
+    return attr_value(gm, str(node.target))
 
 
-def _fetch(gm: GraphModule, target: str) -> torch.Tensor:
-    obj: Any = gm
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
+def folded_weight_and_bias(
+    w: torch.Tensor,
+    b: torch.Tensor | None,
+    gamma: torch.Tensor | None,
+    beta: torch.Tensor | None,
+    mean: torch.Tensor,
+    var: torch.Tensor,
+    eps: float,
+    out_axis: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(W', b')`` of the module docstring; ``out_axis`` is the weight's output-channel axis."""
+    with torch.no_grad():
+        s = torch.rsqrt(var + eps)
+        if gamma is not None:
+            s = s * gamma
+        shape = [1] * w.dim()
+        shape[out_axis] = -1
+        new_w = w * s.reshape(shape)
+        new_b = ((b if b is not None else torch.zeros_like(mean)) - mean) * s
+        if beta is not None:
+            new_b = new_b + beta
+    return new_w, new_b
 
 
 class _NotFoldable(Exception):
@@ -135,16 +158,7 @@ def fold_bn_into_preceding_op(gm: GraphModule) -> int:
         except _NotFoldable:
             continue
         assert isinstance(w_arg, Node) and w is not None and mean is not None and var is not None
-        eps = params[4]
-        with torch.no_grad():
-            s = torch.rsqrt(var + eps)
-            if gamma is not None:
-                s = s * gamma
-            shape = [1] * w.dim()
-            shape[out_axis] = -1
-            new_w = w * s.reshape(shape)
-            new_b = (b if b is not None else torch.zeros_like(mean)) - mean
-            new_b = new_b * s + (beta if beta is not None else 0)
+        new_w, new_b = folded_weight_and_bias(w, b, gamma, beta, mean, var, params[4], out_axis)
         w_name = _new_attr(gm, str(w_arg.target), new_w, counter)
         b_base = str(b_arg.target) if isinstance(b_arg, Node) else f"{w_name}_bias"
         b_name = _new_attr(gm, b_base, new_b, counter)

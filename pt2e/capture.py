@@ -15,6 +15,7 @@ from torch.fx import GraphModule, Node
 from .errors import NotExportedModelError
 
 __all__ = [
+    "attr_value",
     "check_exported",
     "describe_node",
     "remove_dead_code",
@@ -45,6 +46,14 @@ def check_exported(model: Any, where: str) -> GraphModule:
             "module calls cannot be quantized)"
         )
     return model
+
+
+def attr_value(model: torch.nn.Module, target: str) -> Any:
+    """The object a ``get_attr`` node with ``target`` (``"layer.0.weight"``) reads."""
+    obj: Any = model
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
 
 
 def describe_node(node: Node) -> str:

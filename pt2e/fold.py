@@ -20,19 +20,12 @@ import torch
 from torch.fx import GraphModule, Node
 from torch.fx.node import map_arg
 
-from .capture import remove_dead_code
+from .capture import attr_value, remove_dead_code
 from .ops import QUANTIZE_OPS
 
-__all__ = ["fold_constant_quantize", "constant_value", "FROZEN_PREFIX"]
+__all__ = ["fold_constant_quantize", "constant_value", "drop_unused_attributes", "FROZEN_PREFIX"]
 
 FROZEN_PREFIX = "_frozen_param"
-
-
-def _fetch(model: GraphModule, target: str) -> Any:
-    obj: Any = model
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 def _is_constant(node: Node, memo: dict[Node, bool]) -> bool:
@@ -51,7 +44,7 @@ def _is_constant(node: Node, memo: dict[Node, bool]) -> bool:
 def _evaluate(model: GraphModule, node: Node, cache: dict[Node, Any]) -> Any:
     if node not in cache:
         if node.op == "get_attr":
-            cache[node] = _fetch(model, str(node.target))
+            cache[node] = attr_value(model, str(node.target))
         else:
             args = map_arg(node.args, lambda n: _evaluate(model, n, cache))
             kwargs = map_arg(node.kwargs, lambda n: _evaluate(model, n, cache))
@@ -67,13 +60,23 @@ def constant_value(model: GraphModule, node: Node) -> Any | None:
         return _evaluate(model, node, {})
 
 
-def _drop_unused_attributes(model: GraphModule, before: set[str]) -> None:
+def drop_unused_attributes(model: GraphModule) -> int:
+    """Delete parameters and buffers no ``get_attr`` reads any more; return how many.
+
+    Keeps a converted model's state dict to what it runs: after weight folding the
+    float weights, and the weights of dead code such as an unused pooler, go.
+    """
     used = {str(n.target) for n in model.graph.nodes if n.op == "get_attr"}
-    for target in before - used:
+    names = [n for n, _ in model.named_parameters(remove_duplicate=False)]
+    names += [n for n, _ in model.named_buffers(remove_duplicate=False)]
+    dropped = 0
+    for target in set(names) - used:
         owner_path, _, name = target.rpartition(".")
         owner = model.get_submodule(owner_path) if owner_path else model
         if name in owner._parameters or name in owner._buffers:
             delattr(owner, name)
+            dropped += 1
+    return dropped
 
 
 def fold_constant_quantize(model: GraphModule) -> int:
@@ -81,7 +84,6 @@ def fold_constant_quantize(model: GraphModule) -> int:
     graph = model.graph
     memo: dict[Node, bool] = {}
     cache: dict[Node, Any] = {}
-    attrs_before = {str(n.target) for n in graph.nodes if n.op == "get_attr"}
     folded = 0
     index = 0
     for node in list(graph.nodes):
@@ -106,5 +108,4 @@ def fold_constant_quantize(model: GraphModule) -> int:
         folded += 1
     if folded:
         remove_dead_code(model, recompile=False)
-        _drop_unused_attributes(model, attrs_before)
     return folded

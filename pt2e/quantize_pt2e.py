@@ -15,7 +15,7 @@ from .batchnorm import fold_bn_into_preceding_op
 from .capture import CONVERTED_FLAG, PREPARED_FLAG, check_exported, remove_dead_code
 from .convert import duplicate_dequantize_per_user, port_dequantize_metadata, replace_observers
 from .errors import PipelineStateError
-from .fold import fold_constant_quantize
+from .fold import drop_unused_attributes, fold_constant_quantize
 from .prepare import insert_observers, observer_nodes
 from .qat import fold_qat_conv_bn, simulate_qat_conv_bn
 from .quantizer.base import Quantizer
@@ -146,6 +146,7 @@ def convert_pt2e(
 
         rewrite_to_reference_representation(model)
     remove_dead_code(model, recompile=False)
+    drop_unused_attributes(model)
     model.graph.lint()
     model.recompile()
     model.meta.update(original_meta)

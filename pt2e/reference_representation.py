@@ -94,7 +94,7 @@ def _rewrite_qdq(model: GraphModule, node: Node) -> bool:
             new = _to(graph, c, dtype)  # type: ignore[arg-type]
         elif t == QD.dequantize_per_tensor.default:
             q, s, zp = node.args[:3]
-            out_dtype = node.kwargs.get("out_dtype") or torch.float32
+            out_dtype: Any = node.kwargs.get("out_dtype") or torch.float32
             new = _call(graph, aten.mul.Tensor,
                         _call(graph, aten.sub.Tensor, _to(graph, q, out_dtype), zp), s)
         elif t == QD.dequantize_per_channel.default:

@@ -203,3 +203,26 @@ def test_metadata_preserved_on_new_nodes():
     for n in (n for n in qdq if n.args[0].op != "placeholder"):
         assert n.meta["nn_module_stack"], n.name
         assert "stack_trace" in n.meta, n.name
+
+
+class BertLike(nn.Module):
+    """An encoder whose pooler output is computed but never returned."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Linear(16, 32)
+        self.layer = nn.TransformerEncoderLayer(32, 4, 64, batch_first=True)
+        self.pooler = nn.Linear(32, 32)
+
+    def forward(self, x):
+        hidden = self.layer(self.emb(x))
+        self.unused = torch.tanh(self.pooler(hidden[:, 0]))  # noqa: F841 (dead in the graph)
+        return hidden
+
+
+def test_unused_pooler_is_dropped_before_annotation():
+    x = torch.randn(2, 5, 16)
+    _, converted = run(BertLike(), (x,))
+    assert not any("pooler" in str(n.meta.get("nn_module_stack", "")) and n.op == "call_function"
+                   for n in converted.graph.nodes)
+    assert not hasattr(converted.get_submodule("pooler"), "weight")
