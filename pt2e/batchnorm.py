@@ -23,6 +23,8 @@ from .capture import attr_value, remove_dead_code
 __all__ = [
     "fold_bn_into_preceding_op",
     "folded_weight_and_bias",
+    "register_folded_param",
+    "replace_batch_norm",
     "BN_OPS",
     "CONV_OPS",
     "CONV_TRANSPOSE_OPS",
@@ -91,13 +93,30 @@ class _NotFoldable(Exception):
     pass
 
 
-def _new_attr(gm: GraphModule, base: str, value: torch.Tensor, counter: list[int]) -> str:
-    name = f"{base.replace('.', '_')}_bn_folded"
+def register_folded_param(gm: GraphModule, base: str, value: torch.Tensor) -> str:
+    """Register ``value`` as a frozen parameter under a fresh name derived from ``base``."""
+    stem = base.replace(".", "_")
+    name, i = stem, 0
     while hasattr(gm, name):
-        counter[0] += 1
-        name = f"{base.replace('.', '_')}_bn_folded_{counter[0]}"
-    gm.register_parameter(name, torch.nn.Parameter(value.detach(), requires_grad=False))
+        i += 1
+        name = f"{stem}_{i}"
+    gm.register_parameter(name, torch.nn.Parameter(value.detach().clone(), requires_grad=False))
     return name
+
+
+def replace_batch_norm(graph: torch.fx.Graph, bn: Node, replacement: Node) -> None:
+    """Route ``bn``'s users to ``replacement`` and erase ``bn``.
+
+    ``aten.batch_norm`` returns a tensor; ``_native_batch_norm_legit_no_training``
+    returns a tuple read through ``getitem`` nodes, which go too.
+    """
+    if bn.target == aten.batch_norm.default:
+        bn.replace_all_uses_with(replacement)
+    else:
+        for user in list(bn.users):
+            user.replace_all_uses_with(replacement)
+            graph.erase_node(user)
+    graph.erase_node(bn)
 
 
 def _set_meta(node: Node, like: Node, value: torch.Tensor) -> None:
@@ -131,7 +150,6 @@ def fold_bn_into_preceding_op(gm: GraphModule) -> int:
     True
     """
     folded = 0
-    counter = [0]
     graph = gm.graph
     for bn in list(graph.nodes):
         if bn.op != "call_function" or bn.target not in BN_OPS:
@@ -159,9 +177,9 @@ def fold_bn_into_preceding_op(gm: GraphModule) -> int:
             continue
         assert isinstance(w_arg, Node) and w is not None and mean is not None and var is not None
         new_w, new_b = folded_weight_and_bias(w, b, gamma, beta, mean, var, params[4], out_axis)
-        w_name = _new_attr(gm, str(w_arg.target), new_w, counter)
-        b_base = str(b_arg.target) if isinstance(b_arg, Node) else f"{w_name}_bias"
-        b_name = _new_attr(gm, b_base, new_b, counter)
+        b_base = b_arg.target if isinstance(b_arg, Node) else f"{w_arg.target}_bias"
+        w_name = register_folded_param(gm, f"{w_arg.target}_bn_folded", new_w)
+        b_name = register_folded_param(gm, f"{b_base}_bn_folded", new_b)
         with graph.inserting_before(producer):
             w_node = graph.get_attr(w_name)
             b_node = graph.get_attr(b_name)
@@ -172,14 +190,7 @@ def fold_bn_into_preceding_op(gm: GraphModule) -> int:
             args.append(None)
         args[1], args[2] = w_node, b_node
         producer.args = tuple(args)
-        # batch_norm returns a tensor; the legit_no_training variant returns a tuple
-        if bn.target == aten.batch_norm.default:
-            bn.replace_all_uses_with(producer)
-        else:
-            for user in list(bn.users):
-                user.replace_all_uses_with(producer)
-                graph.erase_node(user)
-        graph.erase_node(bn)
+        replace_batch_norm(graph, bn, producer)
         folded += 1
     if folded:
         remove_dead_code(gm, recompile=False)

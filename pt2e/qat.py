@@ -30,7 +30,14 @@ from typing import Any
 import torch
 from torch.fx import GraphModule, Node
 
-from .batchnorm import BN_OPS, CONV_OPS, CONV_TRANSPOSE_OPS, folded_weight_and_bias
+from .batchnorm import (
+    BN_OPS,
+    CONV_OPS,
+    CONV_TRANSPOSE_OPS,
+    folded_weight_and_bias,
+    register_folded_param,
+    replace_batch_norm,
+)
 from .capture import attr_value, remove_dead_code
 from .quantizer.annotation import annotate_output_qspec, get_annotation
 
@@ -149,14 +156,6 @@ def simulate_qat_conv_bn(model: GraphModule) -> int:
     return count
 
 
-def _new_param(model: GraphModule, base: str, value: torch.Tensor) -> str:
-    name, i = base.replace(".", "_"), 0
-    while hasattr(model, name):
-        i += 1
-        name = f"{base.replace('.', '_')}_{i}"
-    model.register_parameter(name, torch.nn.Parameter(value.detach().clone(), requires_grad=False))
-    return name
-
 
 def _drop_batch_counter(graph: torch.fx.Graph, running_mean: Any) -> None:
     """Remove the ``num_batches_tracked += 1`` a train-mode export keeps beside a folded BN."""
@@ -187,8 +186,8 @@ def fold_qat_conv_bn(model: GraphModule) -> int:
         w = attr_value(model, info["weight"])
         b = attr_value(model, info["bias"]) if info["bias"] else None
         new_w, new_b = folded_weight_and_bias(w, b, g, be, m, v, eps, info["out_axis"])
-        w_name = _new_param(model, f"{info['weight']}_qat_folded", new_w)
-        b_name = _new_param(model, f"{info['weight']}_qat_folded_bias", new_b)
+        w_name = register_folded_param(model, f"{info['weight']}_qat_folded", new_w)
+        b_name = register_folded_param(model, f"{info['weight']}_qat_folded_bias", new_b)
         with graph.inserting_before(scaled_w):
             w_node = graph.get_attr(w_name)
         with graph.inserting_before(conv):
@@ -199,14 +198,7 @@ def fold_qat_conv_bn(model: GraphModule) -> int:
         args = list(conv.args)
         args[2] = b_node
         conv.args = tuple(args)
-        bn_out = bn
-        if bn.target != aten.batch_norm.default:  # tuple-returning variant
-            for user in list(bn.users):
-                user.replace_all_uses_with(conv)
-                graph.erase_node(user)
-        else:
-            bn_out.replace_all_uses_with(conv)
-        graph.erase_node(bn)
+        replace_batch_norm(graph, bn, conv)
         _drop_batch_counter(graph, mean)
         del tail
         conv.meta.pop(QAT_CONV_BN_KEY)
