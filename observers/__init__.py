@@ -16,41 +16,9 @@ differences (clear errors instead of asserts, consistent fake-quant qparams).
 
 from __future__ import annotations
 
+from observers import defaults
 from observers.base import ObserverBase, UniformQuantizationObserverBase
-from observers.defaults import (
-    default_affine_fixed_qparams_fake_quant,
-    default_affine_fixed_qparams_observer,
-    default_debug_observer,
-    default_dynamic_fake_quant,
-    default_dynamic_quant_observer,
-    default_embedding_fake_quant,
-    default_embedding_fake_quant_4bit,
-    default_fake_quant,
-    default_fixed_qparams_range_0to1_fake_quant,
-    default_fixed_qparams_range_0to1_observer,
-    default_fixed_qparams_range_neg1to1_fake_quant,
-    default_fixed_qparams_range_neg1to1_observer,
-    default_float_qparams_observer,
-    default_float_qparams_observer_4bit,
-    default_fused_act_fake_quant,
-    default_fused_per_channel_wt_fake_quant,
-    default_fused_wt_fake_quant,
-    default_histogram_fake_quant,
-    default_histogram_observer,
-    default_observer,
-    default_per_channel_weight_fake_quant,
-    default_per_channel_weight_observer,
-    default_placeholder_observer,
-    default_reuse_input_observer,
-    default_symmetric_fixed_qparams_fake_quant,
-    default_symmetric_fixed_qparams_observer,
-    default_weight_fake_quant,
-    default_weight_observer,
-    fused_per_channel_wt_fake_quant_range_neg_127_to_127,
-    fused_wt_fake_quant_range_neg_127_to_127,
-    per_channel_weight_observer_range_neg_127_to_127,
-    weight_observer_range_neg_127_to_127,
-)
+from observers.defaults import *  # noqa: F403 (the ready-made constructors, listed in defaults)
 from observers.derived import (
     DerivedObserverOrFakeQuantize,
     ObserverOrFakeQuantize,
@@ -129,37 +97,6 @@ __all__ = [
     # type aliases
     "ObserverOrFakeQuantize",
     "ObserverOrFakeQuantizeConstructor",
-    # ready-made constructors
-    "default_affine_fixed_qparams_fake_quant",
-    "default_affine_fixed_qparams_observer",
-    "default_debug_observer",
-    "default_dynamic_fake_quant",
-    "default_dynamic_quant_observer",
-    "default_embedding_fake_quant",
-    "default_embedding_fake_quant_4bit",
-    "default_fake_quant",
-    "default_fixed_qparams_range_0to1_fake_quant",
-    "default_fixed_qparams_range_0to1_observer",
-    "default_fixed_qparams_range_neg1to1_fake_quant",
-    "default_fixed_qparams_range_neg1to1_observer",
-    "default_float_qparams_observer",
-    "default_float_qparams_observer_4bit",
-    "default_fused_act_fake_quant",
-    "default_fused_per_channel_wt_fake_quant",
-    "default_fused_wt_fake_quant",
-    "default_histogram_fake_quant",
-    "default_histogram_observer",
-    "default_observer",
-    "default_per_channel_weight_fake_quant",
-    "default_per_channel_weight_observer",
-    "default_placeholder_observer",
-    "default_reuse_input_observer",
-    "default_symmetric_fixed_qparams_fake_quant",
-    "default_symmetric_fixed_qparams_observer",
-    "default_weight_fake_quant",
-    "default_weight_observer",
-    "fused_per_channel_wt_fake_quant_range_neg_127_to_127",
-    "fused_wt_fake_quant_range_neg_127_to_127",
-    "per_channel_weight_observer_range_neg_127_to_127",
-    "weight_observer_range_neg_127_to_127",
 ]
+# The ready-made constructors are listed once, in observers.defaults.__all__.
+__all__ += defaults.__all__

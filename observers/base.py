@@ -56,7 +56,47 @@ def adopt_state_shapes(
             )
 
 
-class ObserverBase(nn.Module, metaclass=abc.ABCMeta):
+class ShapeAdoptingModule(nn.Module):
+    """``nn.Module`` whose state-dict loading first adapts the module to the incoming state.
+
+    The observers and fake-quantize modules all need the same thing: buffers
+    (or parameters) sized by the data they saw must be resized before the
+    default loader copies values into them. This class owns the one override
+    of ``_load_from_state_dict``; subclasses list their data-shaped buffers in
+    ``_data_shaped_buffers`` and, when resizing is not enough, extend
+    ``_before_state_load`` / ``_after_state_load``.
+    """
+
+    # Buffers whose shape depends on the data; loading a state dict resizes them.
+    _data_shaped_buffers: ClassVar[tuple[str, ...]] = ()
+
+    def _before_state_load(
+        self, state_dict: dict[str, Any], prefix: str, local_metadata: dict[str, Any]
+    ) -> None:
+        """Prepare ``self`` (or ``state_dict``) for loading; by default resize data-shaped buffers."""
+        adopt_state_shapes(self, state_dict, prefix, self._data_shaped_buffers)
+
+    def _after_state_load(self) -> None:
+        """Restore what loading resets (nothing by default)."""
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        self._before_state_load(state_dict, prefix, local_metadata)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        self._after_state_load()
+
+
+class ObserverBase(ShapeAdoptingModule, metaclass=abc.ABCMeta):
     """Base of every observer.
 
     Args:
@@ -125,7 +165,9 @@ class UniformQuantizationObserverBase(ObserverBase):
     _version = 3
     _supported_qschemes: ClassVar[tuple[torch.qscheme, ...]] = ALL_QSCHEMES
     _qscheme_hint: ClassVar[str] = ""
-    # Buffers whose shape depends on the data; loading a state dict resizes them.
+    # Set by observers that cannot do dynamic quantization: is_dynamic=True is
+    # then rejected with this advice.
+    _dynamic_unsupported_hint: ClassVar[str] = ""
     _data_shaped_buffers: ClassVar[tuple[str, ...]] = ("min_val", "max_val")
 
     eps: torch.Tensor
@@ -141,8 +183,14 @@ class UniformQuantizationObserverBase(ObserverBase):
         eps: float = DEFAULT_EPS,
         is_dynamic: bool = False,
     ) -> None:
-        super().__init__(dtype=dtype, is_dynamic=is_dynamic)
+        # Subclasses forward these arguments positionally: the order is torchao's,
+        # pinned by tests/observers/test_observers_public_api.py.
         owner = type(self).__name__
+        if is_dynamic and self._dynamic_unsupported_hint:
+            raise QuantizationConfigError(
+                f"{owner}: is_dynamic=True is not supported; {self._dynamic_unsupported_hint}"
+            )
+        super().__init__(dtype=dtype, is_dynamic=is_dynamic)
         check_qscheme(qscheme, self._supported_qschemes, owner=owner, hint=self._qscheme_hint)
         check_dtype(dtype, OBSERVER_DTYPES, owner=owner)
         if (
@@ -164,6 +212,10 @@ class UniformQuantizationObserverBase(ObserverBase):
         )
         self.factory_kwargs = torch.nn.factory_kwargs(factory_kwargs)
         self.register_buffer("eps", torch.tensor([eps], **self.factory_kwargs))
+        self._register_statistics()
+
+    def _register_statistics(self) -> None:
+        """Register the buffers the observer records into (called once ``factory_kwargs`` is set)."""
 
     def _check_observed(self, min_val: torch.Tensor, max_val: torch.Tensor) -> None:
         """Raise ObserverStateError unless every entry of the range saw finite data."""
@@ -208,21 +260,11 @@ class UniformQuantizationObserverBase(ObserverBase):
         """Forget the observed range."""
         raise NotImplementedError(f"{type(self).__name__} cannot reset its min/max values.")
 
-    def _load_from_state_dict(
-        self,
-        state_dict: dict[str, Any],
-        prefix: str,
-        local_metadata: dict[str, Any],
-        strict: bool,
-        missing_keys: list[str],
-        unexpected_keys: list[str],
-        error_msgs: list[str],
+    def _before_state_load(
+        self, state_dict: dict[str, Any], prefix: str, local_metadata: dict[str, Any]
     ) -> None:
         version = local_metadata.get("version")
         if (version is None or version < 2) and prefix + "eps" not in state_dict:
             # eps became a buffer in version 2; older state dicts carry none.
             state_dict[prefix + "eps"] = torch.tensor([DEFAULT_EPS])
-        adopt_state_shapes(self, state_dict, prefix, self._data_shaped_buffers)
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )
+        super()._before_state_load(state_dict, prefix, local_metadata)

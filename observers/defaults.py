@@ -12,8 +12,11 @@ fresh module.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
+from observers.factory import PartialWrapper
 from observers.fake_quantize import (
     FakeQuantize,
     FixedQParamsFakeQuantize,
@@ -68,33 +71,64 @@ __all__ = [
     "weight_observer_range_neg_127_to_127",
 ]
 
+# Weights are signed int8, symmetric, per tensor or per channel. The "range_neg_127_to_127"
+# variants drop -128, so that negation cannot overflow.
+_NEG_127_TO_127: dict[str, Any] = {"quant_min": -127, "quant_max": 127, "eps": 2**-12}
+
+
+def _weight_observer(per_channel: bool, **kwargs: Any) -> PartialWrapper:
+    """A symmetric int8 min/max weight observer; ``kwargs`` are bound after dtype and qscheme."""
+    if per_channel:
+        return PerChannelMinMaxObserver.with_args(
+            dtype=torch.qint8, qscheme=torch.per_channel_symmetric, **kwargs
+        )
+    return MinMaxObserver.with_args(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric, **kwargs)
+
+
+def _weight_fake_quant(
+    cls: type[FakeQuantize],
+    per_channel: bool,
+    quant_min: int = -128,
+    quant_max: int = 127,
+    **kwargs: Any,
+) -> PartialWrapper:
+    """``cls`` with a moving-average symmetric int8 observer; ``kwargs`` are bound last."""
+    return cls.with_args(
+        observer=(
+            MovingAveragePerChannelMinMaxObserver if per_channel else MovingAverageMinMaxObserver
+        ),
+        quant_min=quant_min,
+        quant_max=quant_max,
+        dtype=torch.qint8,
+        qscheme=torch.per_channel_symmetric if per_channel else torch.per_tensor_symmetric,
+        **kwargs,
+    )
+
+
+def _activation_fake_quant(observer: type[MinMaxObserver | HistogramObserver]) -> PartialWrapper:
+    """Per-tensor affine quint8 activation fake quantization with ``observer``."""
+    return FakeQuantize.with_args(
+        observer=observer,
+        quant_min=0,
+        quant_max=255,
+        dtype=torch.quint8,
+        qscheme=torch.per_tensor_affine,
+        reduce_range=True,
+    )
+
+
 # -- observers -----------------------------------------------------------------------------
 
 # Activations restricted to 0..127 (the x86 reduce-range convention).
 default_observer = MinMaxObserver.with_args(quant_min=0, quant_max=127)
 default_placeholder_observer = PlaceholderObserver
 default_debug_observer = RecordingObserver
-default_weight_observer = MinMaxObserver.with_args(
-    dtype=torch.qint8, qscheme=torch.per_tensor_symmetric
-)
-# Symmetric int8 without -128, so that negation cannot overflow.
-weight_observer_range_neg_127_to_127 = MinMaxObserver.with_args(
-    dtype=torch.qint8,
-    qscheme=torch.per_tensor_symmetric,
-    quant_min=-127,
-    quant_max=127,
-    eps=2**-12,
-)
+default_weight_observer = _weight_observer(per_channel=False)
+weight_observer_range_neg_127_to_127 = _weight_observer(per_channel=False, **_NEG_127_TO_127)
 default_histogram_observer = HistogramObserver.with_args(quant_min=0, quant_max=127)
-default_per_channel_weight_observer = PerChannelMinMaxObserver.with_args(
-    dtype=torch.qint8, qscheme=torch.per_channel_symmetric
-)
-per_channel_weight_observer_range_neg_127_to_127 = PerChannelMinMaxObserver.with_args(
-    dtype=torch.qint8,
-    qscheme=torch.per_channel_symmetric,
-    quant_min=-127,
-    quant_max=127,
-    eps=2**-12,
+default_per_channel_weight_observer = _weight_observer(per_channel=True)
+per_channel_weight_observer_range_neg_127_to_127 = _weight_observer(
+    per_channel=True, **_NEG_127_TO_127
 )
 default_dynamic_quant_observer = PlaceholderObserver.with_args(
     dtype=torch.quint8, quant_min=0, quant_max=255, is_dynamic=True
@@ -118,22 +152,8 @@ default_reuse_input_observer = ReuseInputObserver
 
 # -- fake quantize -------------------------------------------------------------------------
 
-default_fake_quant = FakeQuantize.with_args(
-    observer=MovingAverageMinMaxObserver,
-    quant_min=0,
-    quant_max=255,
-    dtype=torch.quint8,
-    qscheme=torch.per_tensor_affine,
-    reduce_range=True,
-)
-default_weight_fake_quant = FakeQuantize.with_args(
-    observer=MovingAverageMinMaxObserver,
-    quant_min=-128,
-    quant_max=127,
-    dtype=torch.qint8,
-    qscheme=torch.per_tensor_symmetric,
-    reduce_range=False,
-)
+default_fake_quant = _activation_fake_quant(MovingAverageMinMaxObserver)
+default_weight_fake_quant = _weight_fake_quant(FakeQuantize, per_channel=False, reduce_range=False)
 default_dynamic_fake_quant = FakeQuantize.with_args(
     observer=MovingAverageMinMaxObserver,
     quant_min=0,
@@ -150,14 +170,8 @@ default_fixed_qparams_range_0to1_fake_quant = FixedQParamsFakeQuantize.with_args
 )
 default_symmetric_fixed_qparams_fake_quant = default_fixed_qparams_range_neg1to1_fake_quant
 default_affine_fixed_qparams_fake_quant = default_fixed_qparams_range_0to1_fake_quant
-default_per_channel_weight_fake_quant = FakeQuantize.with_args(
-    observer=MovingAveragePerChannelMinMaxObserver,
-    quant_min=-128,
-    quant_max=127,
-    dtype=torch.qint8,
-    qscheme=torch.per_channel_symmetric,
-    reduce_range=False,
-    ch_axis=0,
+default_per_channel_weight_fake_quant = _weight_fake_quant(
+    FakeQuantize, per_channel=True, reduce_range=False, ch_axis=0
 )
 default_embedding_fake_quant = FakeQuantize.with_args(
     observer=MovingAveragePerChannelMinMaxObserver,
@@ -175,47 +189,20 @@ default_embedding_fake_quant_4bit = FakeQuantize.with_args(
     dtype=torch.quint4x2,
     averaging_constant=1,
 )
-default_histogram_fake_quant = FakeQuantize.with_args(
-    observer=HistogramObserver,
-    quant_min=0,
-    quant_max=255,
-    dtype=torch.quint8,
-    qscheme=torch.per_tensor_affine,
-    reduce_range=True,
-)
+default_histogram_fake_quant = _activation_fake_quant(HistogramObserver)
 default_fused_act_fake_quant = FusedMovingAvgObsFakeQuantize.with_args(
     observer=MovingAverageMinMaxObserver,
     quant_min=0,
     quant_max=255,
     dtype=torch.quint8,
 )
-default_fused_wt_fake_quant = FusedMovingAvgObsFakeQuantize.with_args(
-    observer=MovingAverageMinMaxObserver,
-    quant_min=-128,
-    quant_max=127,
-    dtype=torch.qint8,
-    qscheme=torch.per_tensor_symmetric,
+default_fused_wt_fake_quant = _weight_fake_quant(FusedMovingAvgObsFakeQuantize, per_channel=False)
+default_fused_per_channel_wt_fake_quant = _weight_fake_quant(
+    FusedMovingAvgObsFakeQuantize, per_channel=True
 )
-default_fused_per_channel_wt_fake_quant = FusedMovingAvgObsFakeQuantize.with_args(
-    observer=MovingAveragePerChannelMinMaxObserver,
-    quant_min=-128,
-    quant_max=127,
-    dtype=torch.qint8,
-    qscheme=torch.per_channel_symmetric,
+fused_wt_fake_quant_range_neg_127_to_127 = _weight_fake_quant(
+    FusedMovingAvgObsFakeQuantize, per_channel=False, **_NEG_127_TO_127
 )
-fused_wt_fake_quant_range_neg_127_to_127 = FusedMovingAvgObsFakeQuantize.with_args(
-    observer=MovingAverageMinMaxObserver,
-    quant_min=-127,
-    quant_max=127,
-    dtype=torch.qint8,
-    qscheme=torch.per_tensor_symmetric,
-    eps=2**-12,
-)
-fused_per_channel_wt_fake_quant_range_neg_127_to_127 = FusedMovingAvgObsFakeQuantize.with_args(
-    observer=MovingAveragePerChannelMinMaxObserver,
-    quant_min=-127,
-    quant_max=127,
-    dtype=torch.qint8,
-    qscheme=torch.per_channel_symmetric,
-    eps=2**-12,
+fused_per_channel_wt_fake_quant_range_neg_127_to_127 = _weight_fake_quant(
+    FusedMovingAvgObsFakeQuantize, per_channel=True, **_NEG_127_TO_127
 )

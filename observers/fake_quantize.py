@@ -26,12 +26,14 @@ True
 from __future__ import annotations
 
 import abc
-from typing import Any
+import functools
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from observers.base import adopt_state_shapes
+from observers.base import ShapeAdoptingModule
 from observers.errors import QuantizationConfigError
 from observers.factory import PartialWrapper
 from observers.factory import with_args as _with_args
@@ -51,7 +53,7 @@ __all__ = [
 ]
 
 
-class FakeQuantizeBase(nn.Module, metaclass=abc.ABCMeta):
+class FakeQuantizeBase(ShapeAdoptingModule, metaclass=abc.ABCMeta):
     """Base of every fake-quantize module: the on/off switches for observing and fake quantizing.
 
     ``fake_quant_enabled`` and ``observer_enabled`` are one-element uint8
@@ -129,6 +131,9 @@ class FakeQuantize(FakeQuantizeBase):
     (torch.Size([4]), 0, True)
     """
 
+    # Per-channel qparams take their shape from the data (and from a loaded state dict).
+    _data_shaped_buffers: ClassVar[tuple[str, ...]] = ("scale", "zero_point")
+
     scale: torch.Tensor
     zero_point: torch.Tensor
 
@@ -194,21 +199,6 @@ class FakeQuantize(FakeQuantizeBase):
             f"quant_min={self.quant_min}, quant_max={self.quant_max}, dtype={self.dtype}, "
             f"qscheme={self.qscheme}, ch_axis={self.ch_axis}, scale={self.scale}, "
             f"zero_point={self.zero_point}"
-        )
-
-    def _load_from_state_dict(
-        self,
-        state_dict: dict[str, Any],
-        prefix: str,
-        local_metadata: dict[str, Any],
-        strict: bool,
-        missing_keys: list[str],
-        unexpected_keys: list[str],
-        error_msgs: list[str],
-    ) -> None:
-        adopt_state_shapes(self, state_dict, prefix, ("scale", "zero_point"))
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
 
 
@@ -285,6 +275,32 @@ class FusedMovingAvgObsFakeQuantize(FakeQuantize):
         return f"{super().extra_repr()}, reduce_range={self.activation_post_process.reduce_range}"
 
 
+def module_switch(
+    kind: type[nn.Module],
+) -> Callable[[Callable[[nn.Module], None]], Callable[[nn.Module], None]]:
+    """Decorator for the ``model.apply`` helpers, which differ only in the method they call.
+
+    ``@module_switch(K) def name(mod): "doc"`` makes ``name(mod)`` call
+    ``mod.name()`` when ``mod`` is a ``K`` and do nothing otherwise; the
+    decorated function supplies only the name and the docstring. The method is
+    looked up on each module, so overrides (e.g. LearnableFakeQuantize's
+    ``enable_observer``) apply.
+    """
+
+    def decorate(stub: Callable[[nn.Module], None]) -> Callable[[nn.Module], None]:
+        method = stub.__name__
+
+        @functools.wraps(stub)
+        def switch(mod: nn.Module) -> None:
+            if isinstance(mod, kind):
+                getattr(mod, method)()
+
+        return switch
+
+    return decorate
+
+
+@module_switch(FakeQuantizeBase)
 def enable_fake_quant(mod: nn.Module) -> None:
     """Turn fake quantization on for ``mod`` if it is a fake-quantize module; use with ``model.apply``.
 
@@ -298,16 +314,14 @@ def enable_fake_quant(mod: nn.Module) -> None:
     >>> int(model[0].fake_quant_enabled)
     1
     """
-    if isinstance(mod, FakeQuantizeBase):
-        mod.enable_fake_quant()
 
 
+@module_switch(FakeQuantizeBase)
 def disable_fake_quant(mod: nn.Module) -> None:
     """Turn fake quantization off for ``mod`` if applicable; use with ``model.apply``."""
-    if isinstance(mod, FakeQuantizeBase):
-        mod.disable_fake_quant()
 
 
+@module_switch(FakeQuantizeBase)
 def enable_observer(mod: nn.Module) -> None:
     """Turn observation on for ``mod`` if applicable; use with ``model.apply``.
 
@@ -318,11 +332,8 @@ def enable_observer(mod: nn.Module) -> None:
     >>> int(model[0].observer_enabled)
     0
     """
-    if isinstance(mod, FakeQuantizeBase):
-        mod.enable_observer()
 
 
+@module_switch(FakeQuantizeBase)
 def disable_observer(mod: nn.Module) -> None:
     """Turn observation off for ``mod`` if applicable; use with ``model.apply``."""
-    if isinstance(mod, FakeQuantizeBase):
-        mod.disable_observer()

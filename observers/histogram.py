@@ -74,6 +74,9 @@ class HistogramObserver(UniformQuantizationObserverBase):
     _supported_qschemes: ClassVar[tuple[torch.qscheme, ...]] = PER_TENSOR_QSCHEMES
     _qscheme_hint: ClassVar[str] = "Use PerChannelMinMaxObserver for per-channel schemes."
     _data_shaped_buffers: ClassVar[tuple[str, ...]] = ("min_val", "max_val", "histogram")
+    _dynamic_unsupported_hint: ClassVar[str] = (
+        "use PlaceholderObserver(is_dynamic=True) for dynamic quantization."
+    )
 
     histogram: torch.Tensor
     min_val: torch.Tensor
@@ -91,24 +94,12 @@ class HistogramObserver(UniformQuantizationObserverBase):
         eps: float = DEFAULT_EPS,
         is_dynamic: bool = False,
     ) -> None:
-        if is_dynamic:
-            raise QuantizationConfigError(
-                "HistogramObserver: is_dynamic=True is not supported; use "
-                "PlaceholderObserver(is_dynamic=True) for dynamic quantization."
-            )
         if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
             raise QuantizationConfigError(
                 f"HistogramObserver: bins={bins!r} must be a positive int."
             )
         super().__init__(
-            dtype=dtype,
-            qscheme=qscheme,
-            reduce_range=reduce_range,
-            quant_min=quant_min,
-            quant_max=quant_max,
-            factory_kwargs=factory_kwargs,
-            eps=eps,
-            is_dynamic=is_dynamic,
+            dtype, qscheme, reduce_range, quant_min, quant_max, factory_kwargs, eps, is_dynamic
         )
         self.bins = bins
         self.dst_nbins = 2 ** _dst_bits(dtype)

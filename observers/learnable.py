@@ -30,7 +30,7 @@ from torch import nn
 
 from observers.base import CALIBRATION_HINT
 from observers.errors import ObserverStateError, QuantizationConfigError
-from observers.fake_quantize import FakeQuantizeBase
+from observers.fake_quantize import FakeQuantizeBase, module_switch
 from observers.qparams import DEFAULT_EPS, symmetric_zero_point
 from observers.validation import is_float_qparams, is_per_channel, is_symmetric
 
@@ -195,27 +195,24 @@ class LearnableFakeQuantize(FakeQuantizeBase):
             f"ch_axis={self.ch_axis}, use_grad_scaling={self.use_grad_scaling}"
         )
 
-    def _load_from_state_dict(
-        self,
-        state_dict: dict[str, Any],
-        prefix: str,
-        local_metadata: dict[str, Any],
-        strict: bool,
-        missing_keys: list[str],
-        unexpected_keys: list[str],
-        error_msgs: list[str],
+    def _before_state_load(
+        self, state_dict: dict[str, Any], prefix: str, local_metadata: dict[str, Any]
     ) -> None:
+        # scale/zero_point are parameters created on the first forward; create them
+        # (with the stored shapes) so the loader has something to copy into.
         scale = state_dict.get(prefix + "scale")
         zero_point = state_dict.get(prefix + "zero_point")
         if isinstance(scale, torch.Tensor) and isinstance(zero_point, torch.Tensor):
             if self.scale is None or self.scale.shape != scale.shape:
                 self._create_qparams(scale.shape, zero_point.shape)
-        super()._load_from_state_dict(
-            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
-        )
+        super()._before_state_load(state_dict, prefix, local_metadata)
+
+    def _after_state_load(self) -> None:
+        # learning_enabled is only known once loaded; requires_grad follows it.
         self._set_requires_grad(bool(self.learning_enabled[0] == 1))
 
 
+@module_switch(LearnableFakeQuantize)
 def enable_range_learning(mod: nn.Module) -> None:
     """Enable qparam learning on ``mod`` if it is a LearnableFakeQuantize; use with ``model.apply``.
 
@@ -226,11 +223,8 @@ def enable_range_learning(mod: nn.Module) -> None:
     >>> int(model[0].learning_enabled), int(model[0].observer_enabled)
     (1, 0)
     """
-    if isinstance(mod, LearnableFakeQuantize):
-        mod.enable_range_learning()
 
 
+@module_switch(LearnableFakeQuantize)
 def disable_range_learning(mod: nn.Module) -> None:
     """Disable qparam learning on ``mod`` if it is a LearnableFakeQuantize; use with ``model.apply``."""
-    if isinstance(mod, LearnableFakeQuantize):
-        mod.disable_range_learning()

@@ -61,7 +61,70 @@ def _moving_average(
     return torch.where(torch.isfinite(old), kept, new)
 
 
-class MinMaxObserver(UniformQuantizationObserverBase):
+def _check_averaging_constant(owner: str, averaging_constant: float) -> None:
+    if not 0 <= averaging_constant <= 1:
+        raise QuantizationConfigError(
+            f"{owner}: averaging_constant={averaging_constant} must be in [0, 1]."
+        )
+
+
+class _RangeObserver(UniformQuantizationObserverBase):
+    """What the four min/max observers share: reduce each batch, merge it, store it.
+
+    The variants differ only in how a batch is reduced (``_batch_range``: the
+    whole tensor, or per channel), how it merges with the stored range
+    (``_merge``: running min/max, or :class:`_MovingAverageRange`) and how the
+    buffers are created and stored.
+    """
+
+    min_val: torch.Tensor
+    max_val: torch.Tensor
+
+    def _register_statistics(self) -> None:
+        # A scalar range that any finite value narrows.
+        self.register_buffer("min_val", torch.tensor(float("inf"), **self.factory_kwargs))
+        self.register_buffer("max_val", torch.tensor(float("-inf"), **self.factory_kwargs))
+
+    def _batch_range(self, x_orig: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return finite_aminmax(x_orig.detach().to(self.min_val.dtype))
+
+    def _merge(self, low: torch.Tensor, high: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Running range: widen the stored range to include ``[low, high]``."""
+        if self.min_val.numel() == 0:  # per channel, before the first batch
+            return low, high
+        return torch.min(low, self.min_val), torch.max(high, self.max_val)
+
+    def _store(self, low: torch.Tensor, high: torch.Tensor) -> None:
+        self.min_val.copy_(low)
+        self.max_val.copy_(high)
+
+    def forward(self, x_orig: torch.Tensor) -> torch.Tensor:
+        """Update the recorded range with ``x_orig``'s; return ``x_orig``."""
+        if x_orig.numel() == 0:
+            return x_orig
+        self._store(*self._merge(*self._batch_range(x_orig)))
+        return x_orig
+
+    def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        """``(scale, zero_point)``, each of shape ``[1]`` (per tensor) or ``[channels]``."""
+        return self._calculate_qparams(self.min_val, self.max_val)
+
+
+class _MovingAverageRange(_RangeObserver):
+    """Mixin: merge each batch into an exponential moving average instead of a running range."""
+
+    averaging_constant: float
+
+    def _merge(self, low: torch.Tensor, high: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.min_val.numel() == 0:  # per channel, before the first batch
+            return low, high
+        return (
+            _moving_average(self.min_val, low, self.averaging_constant),
+            _moving_average(self.max_val, high, self.averaging_constant),
+        )
+
+
+class MinMaxObserver(_RangeObserver):
     """Per-tensor observer on the running minimum and maximum of everything it sees.
 
     Args: as :class:`~observers.base.UniformQuantizationObserverBase`; qscheme
@@ -78,48 +141,7 @@ class MinMaxObserver(UniformQuantizationObserverBase):
     _supported_qschemes: ClassVar[tuple[torch.qscheme, ...]] = PER_TENSOR_QSCHEMES
     _qscheme_hint: ClassVar[str] = "Use PerChannelMinMaxObserver for per-channel schemes."
 
-    min_val: torch.Tensor
-    max_val: torch.Tensor
-
-    def __init__(
-        self,
-        dtype: torch.dtype = torch.quint8,
-        qscheme: torch.qscheme = torch.per_tensor_affine,
-        reduce_range: bool = False,
-        quant_min: int | None = None,
-        quant_max: int | None = None,
-        factory_kwargs: dict[str, Any] | None = None,
-        eps: float = DEFAULT_EPS,
-        is_dynamic: bool = False,
-    ) -> None:
-        super().__init__(
-            dtype=dtype,
-            qscheme=qscheme,
-            reduce_range=reduce_range,
-            quant_min=quant_min,
-            quant_max=quant_max,
-            factory_kwargs=factory_kwargs,
-            eps=eps,
-            is_dynamic=is_dynamic,
-        )
-        self.register_buffer("min_val", torch.tensor(float("inf"), **self.factory_kwargs))
-        self.register_buffer("max_val", torch.tensor(float("-inf"), **self.factory_kwargs))
-
-    def _batch_range(self, x_orig: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return finite_aminmax(x_orig.detach().to(self.min_val.dtype))
-
-    def forward(self, x_orig: torch.Tensor) -> torch.Tensor:
-        """Widen the running range to include ``x_orig``; return ``x_orig``."""
-        if x_orig.numel() == 0:
-            return x_orig
-        low, high = self._batch_range(x_orig)
-        self.min_val.copy_(torch.min(low, self.min_val))
-        self.max_val.copy_(torch.max(high, self.max_val))
-        return x_orig
-
-    def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
-        """``(scale, zero_point)``, each of shape ``[1]``."""
-        return self._calculate_qparams(self.min_val, self.max_val)
+    # __init__ is UniformQuantizationObserverBase's (same arguments as torchao's).
 
     def extra_repr(self) -> str:
         return f"min_val={self.min_val}, max_val={self.max_val}"
@@ -130,7 +152,7 @@ class MinMaxObserver(UniformQuantizationObserverBase):
         self.max_val.fill_(float("-inf"))
 
 
-class MovingAverageMinMaxObserver(MinMaxObserver):
+class MovingAverageMinMaxObserver(_MovingAverageRange, MinMaxObserver):
     """Per-tensor observer on an exponential moving average of each batch's min and max.
 
     ``x_min <- x_min + c * (min(X) - x_min)`` (the first batch initializes it),
@@ -164,33 +186,14 @@ class MovingAverageMinMaxObserver(MinMaxObserver):
                 f"(got averaging_constant={averaging_constant}): dynamic quantization "
                 "uses only the current batch's range."
             )
-        if not 0 <= averaging_constant <= 1:
-            raise QuantizationConfigError(
-                f"{type(self).__name__}: averaging_constant={averaging_constant} must be in [0, 1]."
-            )
+        _check_averaging_constant(type(self).__name__, averaging_constant)
         super().__init__(
-            dtype=dtype,
-            qscheme=qscheme,
-            reduce_range=reduce_range,
-            quant_min=quant_min,
-            quant_max=quant_max,
-            factory_kwargs=factory_kwargs,
-            eps=eps,
-            is_dynamic=is_dynamic,
+            dtype, qscheme, reduce_range, quant_min, quant_max, factory_kwargs, eps, is_dynamic
         )
         self.averaging_constant = averaging_constant
 
-    def forward(self, x_orig: torch.Tensor) -> torch.Tensor:
-        """Move the averaged range towards ``x_orig``'s range; return ``x_orig``."""
-        if x_orig.numel() == 0:
-            return x_orig
-        low, high = self._batch_range(x_orig)
-        self.min_val.copy_(_moving_average(self.min_val, low, self.averaging_constant))
-        self.max_val.copy_(_moving_average(self.max_val, high, self.averaging_constant))
-        return x_orig
 
-
-class PerChannelMinMaxObserver(UniformQuantizationObserverBase):
+class PerChannelMinMaxObserver(_RangeObserver):
     """Observer on the running min and max of each slice along ``ch_axis``.
 
     ``min_val``/``max_val`` start empty and take the channel count from the
@@ -208,9 +211,9 @@ class PerChannelMinMaxObserver(UniformQuantizationObserverBase):
 
     _supported_qschemes: ClassVar[tuple[torch.qscheme, ...]] = PER_CHANNEL_QSCHEMES
     _qscheme_hint: ClassVar[str] = "Use MinMaxObserver for per-tensor schemes."
-
-    min_val: torch.Tensor
-    max_val: torch.Tensor
+    _dynamic_unsupported_hint: ClassVar[str] = (
+        "dynamic quantization is per-tensor (use PlaceholderObserver(is_dynamic=True))."
+    )
 
     def __init__(
         self,
@@ -224,22 +227,13 @@ class PerChannelMinMaxObserver(UniformQuantizationObserverBase):
         eps: float = DEFAULT_EPS,
         is_dynamic: bool = False,
     ) -> None:
-        if is_dynamic:
-            raise QuantizationConfigError(
-                f"{type(self).__name__}: is_dynamic=True is not supported; dynamic "
-                "quantization is per-tensor (use PlaceholderObserver(is_dynamic=True))."
-            )
         super().__init__(
-            dtype=dtype,
-            qscheme=qscheme,
-            reduce_range=reduce_range,
-            quant_min=quant_min,
-            quant_max=quant_max,
-            factory_kwargs=factory_kwargs,
-            eps=eps,
-            is_dynamic=is_dynamic,
+            dtype, qscheme, reduce_range, quant_min, quant_max, factory_kwargs, eps, is_dynamic
         )
         self.ch_axis = ch_axis
+
+    def _register_statistics(self) -> None:
+        # Empty until the first batch tells the channel count.
         self.register_buffer("min_val", torch.tensor([], **self.factory_kwargs))
         self.register_buffer("max_val", torch.tensor([], **self.factory_kwargs))
 
@@ -262,25 +256,10 @@ class PerChannelMinMaxObserver(UniformQuantizationObserverBase):
         return low, high
 
     def _store(self, low: torch.Tensor, high: torch.Tensor) -> None:
-        if self.min_val.shape != low.shape:
+        if self.min_val.shape != low.shape:  # the first batch fixes the channel count
             self.min_val = torch.empty_like(low)
             self.max_val = torch.empty_like(high)
-        self.min_val.copy_(low)
-        self.max_val.copy_(high)
-
-    def forward(self, x_orig: torch.Tensor) -> torch.Tensor:
-        """Widen each channel's running range; return ``x_orig``."""
-        if x_orig.numel() == 0:
-            return x_orig
-        low, high = self._batch_range(x_orig)
-        if self.min_val.numel() > 0:
-            low, high = torch.min(low, self.min_val), torch.max(high, self.max_val)
-        self._store(low, high)
-        return x_orig
-
-    def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
-        """``(scale, zero_point)``, each of shape ``[channels]``."""
-        return self._calculate_qparams(self.min_val, self.max_val)
+        super()._store(low, high)
 
     def extra_repr(self) -> str:
         return f"ch_axis={self.ch_axis}, min_val={self.min_val}, max_val={self.max_val}"
@@ -291,7 +270,7 @@ class PerChannelMinMaxObserver(UniformQuantizationObserverBase):
         self.max_val = torch.tensor([], dtype=self.max_val.dtype, device=self.max_val.device)
 
 
-class MovingAveragePerChannelMinMaxObserver(PerChannelMinMaxObserver):
+class MovingAveragePerChannelMinMaxObserver(_MovingAverageRange, PerChannelMinMaxObserver):
     """Per-channel observer on a moving average of each batch's per-channel min and max.
 
     >>> import torch
@@ -315,30 +294,16 @@ class MovingAveragePerChannelMinMaxObserver(PerChannelMinMaxObserver):
         eps: float = DEFAULT_EPS,
         is_dynamic: bool = False,
     ) -> None:
-        if not 0 <= averaging_constant <= 1:
-            raise QuantizationConfigError(
-                f"{type(self).__name__}: averaging_constant={averaging_constant} must be in [0, 1]."
-            )
+        _check_averaging_constant(type(self).__name__, averaging_constant)
         super().__init__(
-            ch_axis=ch_axis,
-            dtype=dtype,
-            qscheme=qscheme,
-            reduce_range=reduce_range,
-            quant_min=quant_min,
-            quant_max=quant_max,
-            factory_kwargs=factory_kwargs,
-            eps=eps,
-            is_dynamic=is_dynamic,
+            ch_axis,
+            dtype,
+            qscheme,
+            reduce_range,
+            quant_min,
+            quant_max,
+            factory_kwargs,
+            eps,
+            is_dynamic,
         )
         self.averaging_constant = averaging_constant
-
-    def forward(self, x_orig: torch.Tensor) -> torch.Tensor:
-        """Move each channel's averaged range towards ``x_orig``'s; return ``x_orig``."""
-        if x_orig.numel() == 0:
-            return x_orig
-        low, high = self._batch_range(x_orig)
-        if self.min_val.numel() > 0:
-            low = _moving_average(self.min_val, low, self.averaging_constant)
-            high = _moving_average(self.max_val, high, self.averaging_constant)
-        self._store(low, high)
-        return x_orig
