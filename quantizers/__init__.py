@@ -1,3 +1,27 @@
-"""Backend quantizers (being filled in)."""
+"""Backend quantizers and the annotator library they are built from.
 
-__all__: list[str] = []
+>>> from quantizers import X86InductorQuantizer, get_default_x86_inductor_quantization_config
+>>> q = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config())
+"""
+
+from __future__ import annotations
+
+from .x86_inductor import (
+    X86InductorQuantizer,
+    get_default_x86_inductor_quantization_config,
+    x86_needs_reduce_range,
+)
+
+__all__ = [
+    "X86InductorQuantizer",
+    "get_default_x86_inductor_quantization_config",
+    "x86_needs_reduce_range",
+]
+
+from .xnnpack import (  # noqa: E402
+    XNNPACKQuantizer,
+    XnnpackSkipWarning,
+    get_symmetric_quantization_config,
+)
+
+__all__ += ["XNNPACKQuantizer", "XnnpackSkipWarning", "get_symmetric_quantization_config"]

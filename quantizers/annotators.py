@@ -1,0 +1,237 @@
+"""Backend-independent annotators: what to quantize around one matched pattern.
+
+Each function writes annotations only through :mod:`pt2e.quantizer`'s accessors.
+An :class:`AnnotationContext` travels through one ``annotate`` call; it remembers
+which nodes end a quantized pattern (so ops that merely move int8 data, such as
+pooling, ``cat`` and reshapes, are quantized only when their input already is)
+and collects the compute ops that stay float for :func:`unquantized_compute_ops`.
+
+>>> import torch
+>>> from observers import MinMaxObserver
+>>> from pt2e.quantizer import QuantizationConfig, QuantizationSpec, get_annotation
+>>> act = QuantizationSpec(dtype=torch.uint8, quant_min=0, quant_max=255,
+...                        qscheme=torch.per_tensor_affine, observer_or_fake_quant_ctr=MinMaxObserver)
+>>> cfg = QuantizationConfig(act, act, None, None)
+>>> gm = torch.export.export(torch.nn.MaxPool2d(2), (torch.randn(1, 1, 4, 4),)).module()
+>>> pool = next(n for n in gm.graph.nodes if n.target == torch.ops.aten.max_pool2d.default)
+>>> ctx = AnnotationContext(quantized_outputs={pool.args[0]})
+>>> annotate_shared_qparams_op(pool, cfg, ctx)
+True
+>>> type(get_annotation(pool).output_qspec).__name__
+'SharedQuantizationSpec'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from torch.fx import Graph, Node
+
+from pt2e.quantizer import (
+    QuantizationConfig,
+    SharedQuantizationSpec,
+    annotate_input_qspec_map,
+    annotate_output_qspec,
+    get_annotation,
+    get_bias_qspec,
+    get_input_act_qspec,
+    get_output_act_qspec,
+    get_weight_qspec,
+    is_annotated,
+    mark_annotated,
+    module_stack,
+)
+
+from .patterns import (
+    CAT_OPS,
+    COMPUTE_OPS,
+    RESHAPE_OPS,
+    Match,
+    is_tensor_node,
+    other_binary_input,
+    weighted_op_parts,
+)
+
+__all__ = [
+    "AnnotationContext",
+    "UnquantizedOp",
+    "annotate_weighted_op",
+    "annotate_weighted_pattern",
+    "annotate_all_tensor_inputs",
+    "annotate_shared_qparams_op",
+    "mark_not_quantized",
+    "is_quantized_node",
+    "unquantized_compute_ops",
+]
+
+
+@dataclass
+class AnnotationContext:
+    """State shared by the annotators during one ``Quantizer.annotate`` call."""
+
+    quantized_outputs: set[Node] = field(default_factory=set)
+    """Nodes that end a quantized pattern; their consumers may stay in int8."""
+
+
+@dataclass(frozen=True)
+class UnquantizedOp:
+    """A compute op left in float, and why (see :func:`unquantized_compute_ops`)."""
+
+    node: str
+    op: str
+    module: str
+    reason: str
+
+    def __str__(self) -> str:
+        where = f" in '{self.module}'" if self.module else ""
+        return f"{self.node} ({self.op}{where}): {self.reason}"
+
+
+def annotate_weighted_op(node: Node, config: QuantizationConfig) -> None:
+    """Quantize a conv/linear node's input (activation spec), weight and bias edges.
+
+    The output is left alone: it is quantized by whichever consumer wants an int8
+    input, which lets the backend fuse ``conv -> relu -> quantize`` into one kernel.
+    """
+    x, w, b = weighted_op_parts(node)
+    act = get_input_act_qspec(config)
+    if act is not None:
+        annotate_input_qspec_map(node, x, act)
+    weight = get_weight_qspec(config)
+    if weight is not None:
+        annotate_input_qspec_map(node, w, weight)
+    bias = get_bias_qspec(config)
+    if b is not None and bias is not None:
+        annotate_input_qspec_map(node, b, bias)
+
+
+def annotate_weighted_pattern(
+    match: Match,
+    config: QuantizationConfig,
+    ctx: AnnotationContext,
+    *,
+    quantize_binary_input: bool,
+    annotate_output: bool = False,
+) -> None:
+    """Annotate ``conv/linear [-> bn] [-> add] [-> unary]`` as one fused pattern.
+
+    ``quantize_binary_input``: quantize the add's other operand (oneDNN then sums
+    in int8; x86 does so for conv, not for linear, for accuracy).
+    ``annotate_output``: also quantize the pattern's last output (QAT keeps the
+    batch norm in the graph and wants the observer after it).
+    """
+    anchor = match.anchor
+    annotate_weighted_op(anchor, config)
+    binary = match.roles.get("binary")
+    if binary is not None and quantize_binary_input:
+        act = get_input_act_qspec(config)
+        prev = match.nodes[match.nodes.index(binary) - 1]
+        other = other_binary_input(binary, prev)
+        if act is not None and other is not None:
+            annotate_input_qspec_map(binary, other, act)
+    if annotate_output:
+        annotate_output_qspec(match.last, get_output_act_qspec(config))
+    mark_annotated(match.nodes)
+    ctx.quantized_outputs.add(match.last)
+
+
+def annotate_all_tensor_inputs(node: Node, config: QuantizationConfig, ctx: AnnotationContext) -> bool:
+    """Quantize every tensor input of ``node`` with the activation spec (matmul, mul).
+
+    Returns ``False`` (and annotates nothing) if the config quantizes no activations.
+    """
+    act = get_input_act_qspec(config)
+    if act is None:
+        return False
+    for arg in node.args:
+        if is_tensor_node(arg):
+            assert isinstance(arg, Node)
+            annotate_input_qspec_map(node, arg, act)
+    mark_annotated([node])
+    ctx.quantized_outputs.add(node)
+    return True
+
+
+def annotate_shared_qparams_op(
+    node: Node,
+    config: QuantizationConfig,
+    ctx: AnnotationContext,
+    *,
+    int8_consumers: frozenset | None = None,
+) -> bool:
+    """Keep an int8-preserving op (pool, ``cat``, reshape) in int8 when its input already is.
+
+    The first input edge gets the activation spec; every other input and the
+    output share its observer, so input and output carry identical qparams and the
+    backend can run the op on int8 data (``dequantize -> maxpool -> quantize``
+    becomes an int8 maxpool). Reshape-type ops are claimed only when one of their
+    users is in ``int8_consumers`` (or they have no user), otherwise a float op
+    would pay for a useless quantize/dequantize pair.
+
+    Returns whether ``node`` was annotated.
+    """
+    act = get_input_act_qspec(config)
+    if act is None or is_annotated(node):
+        return False
+    inputs = node.args[0] if node.target in CAT_OPS else [node.args[0]]
+    if not isinstance(inputs, (list, tuple)) or not inputs:
+        return False
+    if not all(isinstance(i, Node) and i in ctx.quantized_outputs for i in inputs):
+        return False
+    if node.target in RESHAPE_OPS and node.users and int8_consumers is not None:
+        if not any(u.target in int8_consumers for u in node.users):
+            return False
+    first = inputs[0]
+    assert isinstance(first, Node)
+    annotate_input_qspec_map(node, first, act)
+    shared = SharedQuantizationSpec((first, node))
+    for other in inputs[1:]:
+        if other is not first and isinstance(other, Node):
+            annotate_input_qspec_map(node, other, shared)
+    annotate_output_qspec(node, shared)
+    mark_annotated([node])
+    ctx.quantized_outputs.add(node)
+    return True
+
+
+def mark_not_quantized(nodes: Iterable[Node]) -> None:
+    """Claim ``nodes`` without quantizing them (a ``None`` config), so later stages skip them."""
+    mark_annotated(nodes)
+
+
+def is_quantized_node(node: Node) -> bool:
+    """Whether ``node`` has at least one quantized input edge."""
+    ann = get_annotation(node)
+    qmap = getattr(ann, "input_qspec_map", None) or {}
+    return any(spec is not None for spec in qmap.values())
+
+
+def _reason(node: Node, hints: dict) -> str:
+    if is_annotated(node):
+        return "excluded by a None quantization config"
+    for ops, hint in hints.items():
+        if node.target in ops:
+            return hint
+    if not node.users:
+        return "output unused (dead code)"
+    return "no quantization pattern for this operator"
+
+
+def unquantized_compute_ops(
+    graph: Graph, hints: dict[frozenset, str] | None = None
+) -> list[UnquantizedOp]:
+    """Compute-heavy ops (conv, linear, matmul, attention...) that no annotation quantized.
+
+    ``hints`` maps op sets to the reason a backend gives for them (e.g. "matmuls
+    are opt-in"); otherwise a generic reason is given.
+    """
+    out = []
+    for n in graph.nodes:
+        if n.op == "call_function" and n.target in COMPUTE_OPS and not is_quantized_node(n):
+            stack = module_stack(n)
+            out.append(UnquantizedOp(
+                node=n.name, op=str(n.target), module=stack[-1][0] if stack else "",
+                reason=_reason(n, hints or {}),
+            ))
+    return out
