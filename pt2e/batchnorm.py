@@ -19,30 +19,17 @@ import torch
 from torch.fx import GraphModule, Node
 
 from .capture import attr_value, remove_dead_code
+from .ops import BATCH_NORM_OPS, CONV_OPS, CONV_TRANSPOSE_OPS, LINEAR_OPS
 
 __all__ = [
     "fold_bn_into_preceding_op",
     "folded_weight_and_bias",
     "register_folded_param",
     "replace_batch_norm",
-    "BN_OPS",
-    "CONV_OPS",
-    "CONV_TRANSPOSE_OPS",
 ]
 
 aten = torch.ops.aten
 
-BN_OPS = frozenset({
-    aten.batch_norm.default,
-    aten._native_batch_norm_legit_no_training.default,
-})
-CONV_OPS = frozenset({aten.conv1d.default, aten.conv2d.default, aten.conv3d.default})
-CONV_TRANSPOSE_OPS = frozenset({
-    aten.conv_transpose1d.default,
-    aten.conv_transpose2d.input,
-    aten.conv_transpose3d.input,
-})
-LINEAR_OPS = frozenset({aten.linear.default})
 
 
 def _bn_params(bn: Node) -> tuple[Any, Any, Any, Any, float] | None:
@@ -152,7 +139,7 @@ def fold_bn_into_preceding_op(gm: GraphModule) -> int:
     folded = 0
     graph = gm.graph
     for bn in list(graph.nodes):
-        if bn.op != "call_function" or bn.target not in BN_OPS:
+        if bn.op != "call_function" or bn.target not in BATCH_NORM_OPS:
             continue
         params = _bn_params(bn)
         producer = bn.args[0]

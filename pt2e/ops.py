@@ -22,6 +22,10 @@ __all__ = [
     "PER_TENSOR_OPS",
     "PER_CHANNEL_OPS",
     "CHOOSE_QPARAMS_OPS",
+    "CONV_OPS",
+    "CONV_TRANSPOSE_OPS",
+    "LINEAR_OPS",
+    "BATCH_NORM_OPS",
     "is_quantize",
     "is_dequantize",
     "storage_dtype",
@@ -53,6 +57,23 @@ PER_CHANNEL_OPS = frozenset({QD.quantize_per_channel.default, QD.dequantize_per_
 CHOOSE_QPARAMS_OPS = frozenset({
     QD.choose_qparams.tensor,
     QD.choose_qparams_symmetric.tensor,
+})
+
+aten = torch.ops.aten
+
+# ATen operator families that several stages and backends match on
+CONV_OPS = frozenset({
+    aten.conv1d.default, aten.conv2d.default, aten.conv3d.default,
+    aten.conv1d.padding, aten.conv2d.padding, aten.conv3d.padding,
+})
+CONV_TRANSPOSE_OPS = frozenset({
+    aten.conv_transpose1d.default, aten.conv_transpose2d.input, aten.conv_transpose3d.input,
+})
+LINEAR_OPS = frozenset({aten.linear.default})
+# eval-mode batch norm appears as either op, depending on how the model was exported
+BATCH_NORM_OPS = frozenset({
+    aten.batch_norm.default,
+    aten._native_batch_norm_legit_no_training.default,
 })
 
 # torch's quantized dtypes map to the plain integer dtype the decomposed ops take

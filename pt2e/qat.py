@@ -31,14 +31,12 @@ import torch
 from torch.fx import GraphModule, Node
 
 from .batchnorm import (
-    BN_OPS,
-    CONV_OPS,
-    CONV_TRANSPOSE_OPS,
     folded_weight_and_bias,
     register_folded_param,
     replace_batch_norm,
 )
 from .capture import attr_value, remove_dead_code
+from .ops import BATCH_NORM_OPS, CONV_OPS, CONV_TRANSPOSE_OPS
 from .quantizer.annotation import annotate_output_qspec, get_annotation
 
 __all__ = ["simulate_qat_conv_bn", "fold_qat_conv_bn", "QAT_CONV_BN_KEY"]
@@ -92,7 +90,7 @@ def simulate_qat_conv_bn(model: GraphModule) -> int:
     graph = model.graph
     count = 0
     for bn in list(graph.nodes):
-        if bn.op != "call_function" or bn.target not in BN_OPS:
+        if bn.op != "call_function" or bn.target not in BATCH_NORM_OPS:
             continue
         conv = bn.args[0]
         if not isinstance(conv, Node) or len(conv.users) != 1:

@@ -106,6 +106,20 @@ def prepare_qat_pt2e(model: GraphModule, quantizer: Quantizer) -> GraphModule:
     be after folding, while batch norm keeps updating its statistics. Train the
     returned model, switch with :func:`pt2e.move_exported_model_to_eval`, then
     :func:`convert_pt2e` folds batch norm for good.
+
+    >>> import torch
+    >>> from pt2e import move_exported_model_to_eval
+    >>> from quantizers import X86InductorQuantizer, get_default_x86_inductor_quantization_config
+    >>> m = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU())
+    >>> x = torch.randn(2, 3, 8, 8)
+    >>> gm = torch.export.export(m.train(), (x,)).module()
+    >>> q = X86InductorQuantizer().set_global(
+    ...     get_default_x86_inductor_quantization_config(is_qat=True))
+    >>> prepared = prepare_qat_pt2e(gm, q)
+    >>> prepared(x).sum().backward()                      # a training step's backward
+    >>> converted = convert_pt2e(move_exported_model_to_eval(prepared))
+    >>> any("batch_norm" in str(n.target) for n in converted.graph.nodes)
+    False
     """
     return _prepare(model, quantizer, is_qat=True)
 
@@ -120,7 +134,19 @@ def convert_pt2e(
     With ``fold_quantize=True`` weights become integer constants followed by a
     dequantize; with ``False`` they stay float constants followed by quantize and
     dequantize. ``use_reference_representation=True`` rewrites supported q/dq
-    patterns into explicit integer arithmetic. See :func:`prepare_pt2e` for an example.
+    patterns into explicit integer arithmetic.
+
+    >>> import torch
+    >>> from pt2e import prepare_pt2e
+    >>> from quantizers import X86InductorQuantizer, get_default_x86_inductor_quantization_config
+    >>> x = torch.randn(2, 8)
+    >>> gm = torch.export.export(torch.nn.Linear(8, 4), (x,)).module()
+    >>> prepared = prepare_pt2e(gm, X86InductorQuantizer().set_global(
+    ...     get_default_x86_inductor_quantization_config()))
+    >>> _ = prepared(x)                                   # calibrate
+    >>> converted = convert_pt2e(prepared)
+    >>> sorted({b.dtype for b in converted.buffers()} & {torch.int8})  # weight folded to int8
+    [torch.int8]
     """
     for name, value in (("use_reference_representation", use_reference_representation),
                         ("fold_quantize", fold_quantize)):

@@ -71,12 +71,24 @@ def _set_train_flag(model: GraphModule, train: bool) -> GraphModule:
 
 
 def move_exported_model_to_eval(model: GraphModule) -> GraphModule:
-    """Switch dropout off and batch norm to running statistics in an exported model."""
+    """Switch dropout off and batch norm to running statistics in an exported model.
+
+    >>> import torch
+    >>> gm = torch.export.export(torch.nn.Dropout(0.5).train(), (torch.ones(8),)).module()
+    >>> torch.equal(move_exported_model_to_eval(gm)(torch.ones(8)), torch.ones(8))
+    True
+    """
     return _set_train_flag(model, False)
 
 
 def move_exported_model_to_train(model: GraphModule) -> GraphModule:
-    """Switch dropout on and batch norm to batch statistics in an exported model."""
+    """Switch dropout on and batch norm to batch statistics in an exported model.
+
+    >>> import torch
+    >>> gm = torch.export.export(torch.nn.Dropout(0.5).eval(), (torch.ones(64),)).module()
+    >>> bool((move_exported_model_to_train(gm)(torch.ones(64)) == 0).any())
+    True
+    """
     return _set_train_flag(model, True)
 
 

@@ -36,6 +36,8 @@ from typing import Any
 import torch
 from torch.fx import Graph, Node
 
+from pt2e import ops
+
 __all__ = [
     "ADD_OPS",
     "BATCH_NORM_OPS",
@@ -61,13 +63,13 @@ __all__ = [
 
 aten = torch.ops.aten
 
-CONV_OPS = frozenset({
-    aten.conv1d.default, aten.conv2d.default, aten.conv1d.padding, aten.conv2d.padding,
-})
-LINEAR_OPS = frozenset({aten.linear.default})
+# 1-D and 2-D convolutions: the ones the backends here quantize (op families: pt2e.ops)
+CONV_OPS = ops.CONV_OPS - {aten.conv3d.default, aten.conv3d.padding}
+LINEAR_OPS = ops.LINEAR_OPS
 # activation x activation products (attention scores, attention x values)
 MATMUL_OPS = frozenset({aten.matmul.default, aten.bmm.default, aten.mm.default})
-BATCH_NORM_OPS = frozenset({aten.batch_norm.default})
+# the tensor-returning form, the one a pattern step can chain through
+BATCH_NORM_OPS = ops.BATCH_NORM_OPS & {aten.batch_norm.default}
 ADD_OPS = frozenset({aten.add.Tensor, aten.add_.Tensor})
 RELU_OPS = frozenset({aten.relu.default, aten.relu_.default})
 # post-ops oneDNN fuses into a quantized conv / linear (nn.ReLU6 exports as hardtanh)

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch.fx import GraphModule, Node
 
+from pt2e import ops
 from pt2e.quantizer import (
     QuantizationConfig,
     SharedQuantizationSpec,
@@ -60,7 +61,7 @@ __all__ = [
 aten = torch.ops.aten
 
 # XNNPACK-specific operator sets (the shared ones come from quantizers.patterns)
-CONV_TRANSPOSE_OPS = frozenset({aten.conv_transpose1d.default, aten.conv_transpose2d.input})
+CONV_TRANSPOSE_OPS = ops.CONV_TRANSPOSE_OPS - {aten.conv_transpose3d.input}  # XNNPACK: 1-D, 2-D
 MUL_OPS = frozenset({aten.mul.Tensor, aten.mul_.Tensor})
 ADAPTIVE_AVG_POOL_OPS = frozenset({aten.adaptive_avg_pool2d.default})
 XNNPACK_CAT_OPS = CAT_OPS | {aten.concat.default}

@@ -114,7 +114,11 @@ def _check_qscheme(cls: str, qscheme: Any, ch_axis: int | None) -> None:
 
 
 class QuantizationSpecBase(ABC):  # noqa: B024 - a marker base, as in torchao
-    """Base class of every spec that says how one tensor (an edge or an output) is quantized."""
+    """Base class of every spec that says how one tensor (an edge or an output) is quantized.
+
+    >>> issubclass(QuantizationSpec, QuantizationSpecBase)
+    True
+    """
 
 
 @dataclass(eq=True, frozen=True)
@@ -182,6 +186,12 @@ class SharedQuantizationSpec(QuantizationSpecBase):
 
     ``edge_or_node`` is either ``(producer, consumer)`` or a node; e.g. a ``cat``
     annotates its second input as ``SharedQuantizationSpec((first_input, cat))``.
+
+    >>> import torch
+    >>> gm = torch.fx.symbolic_trace(torch.nn.ReLU())
+    >>> x, relu = list(gm.graph.nodes)[:2]
+    >>> SharedQuantizationSpec((x, relu)).edge_or_node == (x, relu)
+    True
     """
 
     edge_or_node: EdgeOrNode
@@ -204,6 +214,17 @@ class DerivedQuantizationSpec(QuantizationSpecBase):
 
     ``derive_qparams_fn`` receives the observers of ``derived_from`` (in order) and
     returns ``(scale, zero_point)`` tensors.
+
+    >>> import torch
+    >>> gm = torch.fx.symbolic_trace(torch.nn.ReLU())
+    >>> x, lin = list(gm.graph.nodes)[:2]
+    >>> def bias_qparams(obs):
+    ...     (s_x, _), (s_w, _) = obs[0].calculate_qparams(), obs[1].calculate_qparams()
+    ...     return s_x * s_w, torch.zeros_like(s_x, dtype=torch.int32)
+    >>> spec = DerivedQuantizationSpec(derived_from=[(x, lin)], derive_qparams_fn=bias_qparams,
+    ...                                dtype=torch.int32, qscheme=torch.per_tensor_symmetric)
+    >>> spec.dtype
+    torch.int32
     """
 
     derived_from: list[EdgeOrNode]
