@@ -9,6 +9,7 @@ True
 
 from __future__ import annotations
 
+from .calibration import calibrate
 from .capture import capture_pre_autograd_graph
 from .errors import (
     AnnotationError,
@@ -19,6 +20,7 @@ from .errors import (
     QuantizationConfigError,
 )
 from .quantize_pt2e import convert_pt2e, prepare_pt2e, prepare_qat_pt2e
+from .report import QuantizationReport, quantization_report
 from .train_eval import (
     allow_exported_model_train_eval,
     move_exported_model_to_eval,
@@ -30,6 +32,9 @@ __all__ = [
     "prepare_qat_pt2e",
     "convert_pt2e",
     "capture_pre_autograd_graph",
+    "calibrate",
+    "quantization_report",
+    "QuantizationReport",
     "move_exported_model_to_eval",
     "move_exported_model_to_train",
     "allow_exported_model_train_eval",

@@ -57,15 +57,19 @@ def attr_value(model: torch.nn.Module, target: str) -> Any:
 
 
 def describe_node(node: Node) -> str:
-    """``"node 'linear_1' (module 'encoder.fc', aten.linear.default)"`` for error messages."""
+    """Name a node for an error message: its name, what it calls, and its module path.
+
+    >>> import torch
+    >>> gm = torch.export.export(torch.nn.Sequential(torch.nn.Linear(2, 2)),
+    ...                          (torch.randn(1, 2),)).module()
+    >>> describe_node(next(n for n in gm.graph.nodes if n.op == "call_function"))
+    "node 'linear' (call_function aten.linear.default, module '0')"
+    """
     stack = node.meta.get("nn_module_stack") or {}
-    path = ""
-    if stack:
-        path = str(list(stack.values())[-1][0]).replace("L['self'].", "")
-    target = getattr(node.target, "__name__", str(node.target))
-    if node.op == "call_function" and hasattr(node.target, "_schema"):
-        target = str(node.target).removeprefix("aten.")
-        target = f"aten.{target}" if not target.startswith(("quantized", "aten")) else target
+    path = str(list(stack.values())[-1][0]).replace("L['self'].", "") if stack else ""
+    # OpOverloads print as "aten.linear.default"; plain callables by their name
+    target = str(node.target) if hasattr(node.target, "_schema") else getattr(
+        node.target, "__name__", str(node.target))
     where = f", module '{path}'" if path else ""
     return f"node '{node.name}' ({node.op} {target}{where})"
 

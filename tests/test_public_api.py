@@ -17,6 +17,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 def test_pt2e_all_is_pinned():
     assert sorted(pt2e.__all__) == sorted([
         "prepare_pt2e", "prepare_qat_pt2e", "convert_pt2e", "capture_pre_autograd_graph",
+        "calibrate", "quantization_report", "QuantizationReport",
         "move_exported_model_to_eval", "move_exported_model_to_train",
         "allow_exported_model_train_eval", "Pt2eError", "QuantizationConfigError",
         "ObserverStateError", "AnnotationError", "NotExportedModelError", "PipelineStateError",
