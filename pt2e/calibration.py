@@ -32,7 +32,8 @@ def calibrate(
             from tqdm.auto import tqdm
 
             total = len(batches) if hasattr(batches, "__len__") else None  # type: ignore[arg-type]
-            iterator = tqdm(batches, desc=desc, total=total, unit="batch")
+            # explicit disable=False: progress=True wins over a TQDM_DISABLE environment
+            iterator = tqdm(batches, desc=desc, total=total, unit="batch", disable=False)
         except ImportError:  # tqdm is an optional dependency
             pass
     count = 0

@@ -25,3 +25,7 @@ from .xnnpack import (  # noqa: E402
 )
 
 __all__ += ["XNNPACKQuantizer", "XnnpackSkipWarning", "get_symmetric_quantization_config"]
+
+from .xpu_inductor import XPUInductorQuantizer, get_default_xpu_inductor_quantization_config  # noqa: E402
+
+__all__ += ["XPUInductorQuantizer", "get_default_xpu_inductor_quantization_config"]

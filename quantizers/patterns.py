@@ -252,6 +252,27 @@ class PatternTable:
     def __len__(self) -> int:
         return len(self._rows)
 
+    def derive(self, change: Callable[[Pattern], Pattern | None]) -> PatternTable:
+        """A new table of ``change(row)`` for each row, leaving out rows mapped to ``None``.
+
+        How a backend that differs from another only in which ops and steps it
+        fuses states that difference as data, reusing the other's annotators.
+        Registration order (the tie-break between equal priorities) is kept.
+
+        >>> import dataclasses
+        >>> t = PatternTable()
+        >>> @t.register(name="conv", anchor=CONV_OPS, priority=1)
+        ... def _a(match, config, ctx): pass
+        >>> @t.register(name="pool", anchor=POOL_OPS, priority=0)
+        ... def _b(match, config, ctx): pass
+        >>> d = t.derive(lambda p: None if p.name == "pool" else dataclasses.replace(p, priority=3))
+        >>> [(p.name, p.priority) for p in d], len(t)
+        ([('conv', 3)], 2)
+        """
+        table = PatternTable()
+        table._rows = [row for row in map(change, self._rows) if row is not None]
+        return table
+
     def matches(self, graph: Graph) -> Iterator[Match]:
         """Every match, row by row in priority order, nodes in graph order.
 

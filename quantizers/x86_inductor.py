@@ -306,7 +306,9 @@ class X86InductorQuantizer(Quantizer):
     ['head']
     """
 
-    patterns = X86_PATTERNS
+    # the pattern table is the backend: a quantizer that differs only in its rows
+    # (XPUInductorQuantizer) sets another table here
+    patterns: PatternTable = X86_PATTERNS
 
     def __init__(self) -> None:
         super().__init__()
@@ -347,7 +349,7 @@ class X86InductorQuantizer(Quantizer):
         if ops is None:
             known = sorted(getattr(k, "__name__", str(k)) for k in _TYPE_TO_OPS)
             raise QuantizationConfigError(
-                f"{where}({key!r}): X86InductorQuantizer has no pattern for this type; "
+                f"{where}({key!r}): {type(self).__name__} has no pattern for this type; "
                 f"supported: {known}. Use set_module_name_qconfig for a specific submodule"
             )
         return ops
@@ -396,7 +398,7 @@ class X86InductorQuantizer(Quantizer):
             self._annotate_stage(model, self.global_config, ctx, _default_pattern)
         self.unquantized_ops = unquantized_compute_ops(model.graph, self._reasons())
         for op in self.unquantized_ops:
-            log.info("X86InductorQuantizer leaves float: %s", op)
+            log.info("%s leaves float: %s", type(self).__name__, op)
         return model
 
     def _annotate_stage(
@@ -442,7 +444,7 @@ class X86InductorQuantizer(Quantizer):
         if model is not None:
             self.annotate(copy.deepcopy(model))
         ops = self.unquantized_ops
-        lines = [f"X86InductorQuantizer: {len(ops)} compute op(s) stay float"]
+        lines = [f"{type(self).__name__}: {len(ops)} compute op(s) stay float"]
         lines += [f"  {op}" for op in ops]
         return "\n".join(lines)
 
