@@ -22,6 +22,7 @@ from torch.fx import GraphModule, Node
 
 from .capture import describe_node
 from .errors import ObserverStateError
+from .fold import constant_value
 from .ops import QD, is_dequantize, storage_dtype
 from .prepare import is_observer_module
 from .quantizer.annotation import get_annotation
@@ -86,8 +87,6 @@ def _register_buffer(model: GraphModule, base: str, value: torch.Tensor) -> str:
 
 def _feed_constant(model: GraphModule, node: Node, obs: Any) -> None:
     """Let a weight observer see its weight if calibration never ran it (dynamic flows)."""
-    from .fold import constant_value
-
     inner = getattr(obs, "activation_post_process", obs)
     mn = getattr(inner, "min_val", None)
     if not isinstance(mn, torch.Tensor) or (mn.numel() and not bool(torch.isinf(mn).all())):

@@ -22,6 +22,8 @@ import torch
 from torch.fx import GraphModule, Node
 from torch.fx.node import map_arg
 
+from observers import FakeQuantizeBase, ObserverBase
+
 from .quantizer.annotation import get_annotation
 from .quantizer.spec import EdgeOrNode
 
@@ -32,8 +34,6 @@ OBSERVER_PREFIX = "activation_post_process_"
 
 def is_observer_module(module: Any) -> bool:
     """Whether ``module`` is an observer or fake quantizer (ours or torchao's, by duck type)."""
-    from observers import FakeQuantizeBase, ObserverBase
-
     if isinstance(module, (ObserverBase, FakeQuantizeBase)):
         return True
     return (

@@ -19,6 +19,7 @@ from .fold import drop_unused_attributes, fold_constant_quantize
 from .prepare import insert_observers, observer_nodes
 from .qat import fold_qat_conv_bn, simulate_qat_conv_bn
 from .quantizer.base import Quantizer
+from .reference_representation import rewrite_to_reference_representation
 from .sharing import SharingGroups, collect_qspecs, create_observers
 from .train_eval import disallow_exported_model_train_eval
 
@@ -168,8 +169,6 @@ def convert_pt2e(
     if fold_quantize:
         fold_constant_quantize(model)
     if use_reference_representation:
-        from .reference_representation import rewrite_to_reference_representation
-
         rewrite_to_reference_representation(model)
     remove_dead_code(model, recompile=False)
     drop_unused_attributes(model)

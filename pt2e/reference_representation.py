@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch.fx import GraphModule, Node
 
+from .capture import remove_dead_code
 from .fold import constant_value
 from .ops import QD
 
@@ -139,8 +140,6 @@ def rewrite_to_reference_representation(model: GraphModule) -> int:
     for node in list(model.graph.nodes):
         if node.op == "call_function" and node.users:
             count += _rewrite_qdq(model, node)
-    from .capture import remove_dead_code
-
     remove_dead_code(model, recompile=False)
     model.graph.lint()
     model.recompile()

@@ -34,8 +34,11 @@ from typing import Any
 import torch
 from torch.fx import GraphModule, Node
 
+from observers import DerivedObserverOrFakeQuantize, FixedQParamsFakeQuantize, FixedQParamsObserver
+
 from .capture import describe_node
 from .errors import AnnotationError
+from .ops import storage_dtype
 from .quantizer.annotation import get_annotation
 from .quantizer.spec import EdgeOrNode, SpecKind, spec_kind
 
@@ -241,8 +244,6 @@ def _observed_kwargs(spec: Any) -> dict[str, Any]:
 
 
 def _dtype_range(dtype: torch.dtype) -> tuple[int, int]:
-    from .ops import storage_dtype
-
     info = torch.iinfo(storage_dtype(dtype))
     return int(info.min), int(info.max)
 
@@ -252,12 +253,6 @@ def create_observers(
     is_qat: bool,
 ) -> dict[EdgeOrNode, Any]:
     """One observer (PTQ) or fake quantizer (QAT) per group; map every key to its group's."""
-    from observers import (
-        DerivedObserverOrFakeQuantize,
-        FixedQParamsFakeQuantize,
-        FixedQParamsObserver,
-    )
-
     obs_for_root: dict[EdgeOrNode, Any] = {}
     result: dict[EdgeOrNode, Any] = {}
     members = groups.groups()
