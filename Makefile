@@ -11,7 +11,6 @@ $(PY):
 
 # Every install uses constraints.txt, the single home of our pins.
 $(STAMP): $(PY) pyproject.toml constraints.txt
-	$(PY) -m pip install -q --upgrade pip -c constraints.txt || true
 	$(PY) -m pip install -q -c constraints.txt -e ".[executorch,onnx,openvino,dev]"
 	touch $(STAMP)
 
