@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck test-fast test-slow install clean
+.PHONY: demo test lint test-fast install clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
