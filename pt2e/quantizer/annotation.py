@@ -46,7 +46,14 @@ Q_ANNOTATION_KEY = "quantization_annotation"
 
 
 def get_annotation(node: Node) -> Any | None:
-    """The node's annotation (ours or any object with the same fields), or ``None``."""
+    """The node's annotation (ours or any object with the same fields), or ``None``.
+
+    >>> import torch
+    >>> gm = torch.fx.symbolic_trace(torch.nn.ReLU())
+    >>> x, relu = list(gm.graph.nodes)[:2]
+    >>> get_annotation(relu) is None
+    True
+    """
     return node.meta.get(Q_ANNOTATION_KEY)
 
 
@@ -79,6 +86,13 @@ def annotate_input_qspec_map(
 
     Raises :class:`~pt2e.errors.AnnotationError` if a node already marked annotated
     gets a different spec for the same edge (two patterns claiming one edge).
+
+    >>> import torch
+    >>> gm = torch.fx.symbolic_trace(torch.nn.ReLU())
+    >>> x, relu = list(gm.graph.nodes)[:2]
+    >>> annotate_input_qspec_map(relu, x, None)
+    >>> list(get_annotation(relu).input_qspec_map) == [x]
+    True
     """
     qmap = get_or_create_annotation(node).input_qspec_map
     _check_no_conflict(node, f"input edge '{input_node.name}'", qmap.get(input_node), qspec)
@@ -86,26 +100,42 @@ def annotate_input_qspec_map(
 
 
 def annotate_output_qspec(node: Node, qspec: QuantizationSpecBase | None) -> None:
-    """Quantize ``node``'s output with ``qspec`` (same signature as torchao)."""
+    """Quantize ``node``'s output with ``qspec`` (same signature as torchao).
+
+    >>> import torch
+    >>> gm = torch.fx.symbolic_trace(torch.nn.ReLU())
+    >>> x, relu = list(gm.graph.nodes)[:2]
+    >>> annotate_output_qspec(relu, None)
+    >>> get_annotation(relu).output_qspec is None
+    True
+    """
     ann = get_or_create_annotation(node)
     _check_no_conflict(node, "output", ann.output_qspec, qspec)
     ann.output_qspec = qspec
 
 
 def mark_annotated(nodes: Iterable[Node]) -> None:
-    """Mark nodes as claimed so later patterns of the same quantizer leave them alone."""
+    """Mark nodes as claimed so later patterns of the same quantizer leave them alone.
+
+    >>> import torch
+    >>> gm = torch.fx.symbolic_trace(torch.nn.ReLU())
+    >>> x, relu = list(gm.graph.nodes)[:2]
+    >>> mark_annotated([relu])
+    >>> is_annotated(relu), is_annotated(x), any_annotated([x, relu])
+    (True, False, True)
+    """
     for n in nodes:
         get_or_create_annotation(n)._annotated = True
 
 
 def is_annotated(node: Node) -> bool:
-    """Whether a quantizer has already claimed ``node``."""
+    """Whether a quantizer has already claimed ``node`` (example: :func:`mark_annotated`)."""
     ann = node.meta.get(Q_ANNOTATION_KEY)
     return bool(ann is not None and getattr(ann, "_annotated", False))
 
 
 def any_annotated(nodes: Iterable[Node]) -> bool:
-    """Whether any of ``nodes`` is already claimed (a pattern must then not match)."""
+    """Whether any of ``nodes`` is already claimed (example: :func:`mark_annotated`)."""
     return any(is_annotated(n) for n in nodes)
 
 

@@ -67,17 +67,35 @@ def _act(spec: QuantizationSpec | None, field: str) -> QuantizationSpec | None:
 
 
 def get_input_act_qspec(config: QuantizationConfig | None) -> QuantizationSpec | None:
-    """The input-activation spec of ``config`` (``None`` when not quantized)."""
+    """The input-activation spec of ``config`` (``None`` when not quantized).
+
+    >>> get_input_act_qspec(None) is None
+    True
+    """
     return None if config is None else _act(config.input_activation, "input_activation")
 
 
 def get_output_act_qspec(config: QuantizationConfig | None) -> QuantizationSpec | None:
-    """The output-activation spec of ``config`` (``None`` when not quantized)."""
+    """The output-activation spec of ``config`` (``None`` when not quantized).
+
+    >>> get_output_act_qspec(QuantizationConfig(None, None, None, None)) is None
+    True
+    """
     return None if config is None else _act(config.output_activation, "output_activation")
 
 
 def get_weight_qspec(config: QuantizationConfig | None) -> QuantizationSpec | None:
-    """The weight spec of ``config``; weights must be symmetric (per tensor or per channel)."""
+    """The weight spec of ``config``; weights must be symmetric (per tensor or per channel).
+
+    >>> import torch
+    >>> from observers import MinMaxObserver
+    >>> w = QuantizationSpec(dtype=torch.int8, qscheme=torch.per_tensor_affine,
+    ...                      observer_or_fake_quant_ctr=MinMaxObserver)
+    >>> get_weight_qspec(QuantizationConfig(None, None, w, None))
+    Traceback (most recent call last):
+    ...
+    observers.errors.QuantizationConfigError: QuantizationConfig.weight.qscheme=torch.per_tensor_affine is not supported for weights; use one of [torch.per_tensor_symmetric, torch.per_channel_symmetric, None]
+    """
     if config is None or config.weight is None:
         return None
     if config.weight.qscheme not in _WEIGHT_QSCHEMES:
@@ -89,7 +107,11 @@ def get_weight_qspec(config: QuantizationConfig | None) -> QuantizationSpec | No
 
 
 def get_bias_qspec(config: QuantizationConfig | None) -> QuantizationSpec | None:
-    """The bias spec of ``config``; only float (unquantized) bias is supported, as in torchao."""
+    """The bias spec of ``config``; only float (unquantized) bias is supported, as in torchao.
+
+    >>> get_bias_qspec(QuantizationConfig(None, None, None, None)) is None
+    True
+    """
     if config is None or config.bias is None:
         return None
     if config.bias.dtype != torch.float:

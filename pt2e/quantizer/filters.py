@@ -38,6 +38,12 @@ def module_stack(node: Node) -> list[tuple[str, str]]:
 
     Paths use dots for list indices (``layers.0.fc``). Nodes without the metadata
     (e.g. those a pass created) give an empty list.
+
+    >>> import torch
+    >>> gm = torch.export.export(torch.nn.Sequential(torch.nn.Linear(2, 2)),
+    ...                          (torch.randn(1, 2),)).module()
+    >>> module_stack(next(n for n in gm.graph.nodes if n.op == "call_function"))
+    [('', 'torch.nn.modules.container.Sequential'), ('0', 'torch.nn.modules.linear.Linear')]
     """
     stack = node.meta.get("nn_module_stack") or {}
     return [(_clean_path(p), _type_name(t)) for p, t in stack.values()]
@@ -90,7 +96,15 @@ def get_module_type_filter(tp: type | Callable) -> Callable[[Node], bool]:
 def get_not_module_type_or_name_filter(
     tp_list: list[type | Callable], module_name_list: list[str]
 ) -> Callable[[Node], bool]:
-    """A predicate that is true for nodes in none of the given module types or names."""
+    """A predicate that is true for nodes in none of the given module types or names.
+
+    >>> import torch
+    >>> m = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU())
+    >>> gm = torch.export.export(m, (torch.randn(1, 2),)).module()
+    >>> f = get_not_module_type_or_name_filter([torch.nn.ReLU], [])
+    >>> [n.name for n in gm.graph.nodes if n.op == "call_function" and f(n)]
+    ['linear']
+    """
     filters = [get_module_type_filter(tp) for tp in tp_list] + [
         get_module_name_filter(m) for m in module_name_list
     ]
