@@ -23,7 +23,15 @@ from torch.fx import GraphModule, Node
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
 from pt2e.errors import Pt2eError
-from pt2e.ops import CHOOSE_QPARAMS_OPS, DEQUANTIZE_OPS, PER_CHANNEL_OPS, QUANTIZE_OPS
+from pt2e.ops import (
+    CHOOSE_QPARAMS_OPS,
+    CONV_OPS,
+    CONV_TRANSPOSE_OPS,
+    DEQUANTIZE_OPS,
+    LINEAR_OPS,
+    PER_CHANNEL_OPS,
+    QUANTIZE_OPS,
+)
 
 __all__ = [
     "XnnpackLoweringError",
@@ -34,14 +42,13 @@ __all__ = [
 ]
 
 aten = torch.ops.aten
-XNNPACK_WEIGHTED_OPS = frozenset({
-    aten.linear.default,
-    aten.conv1d.default,
-    aten.conv2d.default,
-    aten.conv_transpose1d.default,
-    aten.conv_transpose2d.input,
-    aten.convolution.default,
-})
+# the 1-D/2-D members of pt2e.ops' families, plus edge dialect's convolution
+XNNPACK_WEIGHTED_OPS = (
+    LINEAR_OPS
+    | (CONV_OPS & {aten.conv1d.default, aten.conv2d.default})
+    | (CONV_TRANSPOSE_OPS & {aten.conv_transpose1d.default, aten.conv_transpose2d.input})
+    | {aten.convolution.default}
+)
 _QDQ_OPS = QUANTIZE_OPS | DEQUANTIZE_OPS
 
 

@@ -95,21 +95,23 @@ def _assert_all_weighted_delegated(program, model):
 
 
 @pytest.mark.slow
+def _lower_run_and_check(model, converted, shape):
+    """Lower, run the .pte, and compare with float and with the converted graph."""
+    x = torch.randn(*shape)
+    program = to_executorch(converted, (x,))
+    _assert_all_weighted_delegated(program, model)
+    out = program.runner()(x)
+    assert sqnr(model(x), out) >= MIN_SQNR_DB
+    # within one output quantization step of our converted model run in PyTorch
+    assert (out - converted(x)).abs().max().item() <= _output_scale(converted) * 1.001
+
+
 @pytest.mark.parametrize("name", list(MODELS), ids=list(MODELS))
 def test_static_int8_lowers_runs_and_matches(name):
     model_fn, shape = MODELS[name]
     model = model_fn().eval()
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-    converted = _calibrated(model, shape, quantizer)
-    x = torch.randn(*shape)
-
-    program = to_executorch(converted, (x,))
-    _assert_all_weighted_delegated(program, model)
-    out = program.runner()(x)
-
-    assert sqnr(model(x), out) >= MIN_SQNR_DB
-    step = _output_scale(converted)
-    assert (out - converted(x)).abs().max().item() <= step * 1.001
+    _lower_run_and_check(model, _calibrated(model, shape, quantizer), shape)
 
 
 @pytest.mark.slow
@@ -193,14 +195,7 @@ def test_third_party_executorch_quantizer_through_our_flow_lowers(name):
     model_fn, shape = MODELS[name]
     model = model_fn().eval()
     quantizer = xnn.XNNPACKQuantizer().set_global(xnn.get_symmetric_quantization_config(is_per_channel=True))
-    converted = _calibrated(model, shape, quantizer)
-    x = torch.randn(*shape)
-
-    program = to_executorch(converted, (x,))
-    _assert_all_weighted_delegated(program, model)
-    out = program.runner()(x)
-    assert sqnr(model(x), out) >= MIN_SQNR_DB
-    assert (out - converted(x)).abs().max().item() <= _output_scale(converted) * 1.001
+    _lower_run_and_check(model, _calibrated(model, shape, quantizer), shape)
 
 
 @pytest.mark.slow
