@@ -96,19 +96,22 @@ def cases(quick: bool) -> list[tuple[str, Callable[[], nn.Module], tuple[int, ..
 
 
 def _framework(name: str) -> dict[str, Any]:
-    needs_rr = getattr(torch.cpu, "_is_vnni_supported", lambda: True)() is False
+    # the config keywords this CPU needs (reduce_range without VNNI), for both frameworks;
+    # importing lowering imports neither a quantizer nor torchao
+    from lowering import get_backend
+
+    backend = get_backend("x86_inductor")
+    config_kwargs = backend.recommended_config_kwargs()
     if name == "torchao":
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
         from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as xq
 
         quantizer = xq.X86InductorQuantizer().set_global(
-            xq.get_default_x86_inductor_quantization_config(reduce_range=needs_rr))
+            xq.get_default_x86_inductor_quantization_config(**config_kwargs))
     else:
         from pt2e import convert_pt2e, prepare_pt2e
-        from quantizers import X86InductorQuantizer, get_default_x86_inductor_quantization_config
 
-        quantizer = X86InductorQuantizer().set_global(
-            get_default_x86_inductor_quantization_config(reduce_range=needs_rr))
+        quantizer = backend.quantizer(**config_kwargs)
     return {"prepare": prepare_pt2e, "convert": convert_pt2e, "quantizer": quantizer}
 
 

@@ -1,18 +1,21 @@
 """Lower a converted (q/dq) graph to an ExecuTorch ``.pte`` with the XNNPACK delegate.
 
-``to_executorch`` runs: copy the model, untie shared bias constants, drop the
-float weights ``convert_pt2e`` left behind unused, check the
-graph for quantization XNNPACK cannot run, ``torch.export.export``,
+``to_executorch`` runs: copy the model, untie shared bias constants, drop
+parameters and buffers no node reads, check the graph for quantization XNNPACK
+cannot run, ``torch.export.export``,
 ``executorch.exir.to_edge_transform_and_lower`` with ``XnnpackPartitioner``,
 serialize. The result carries the ``.pte`` bytes and a :class:`DelegationReport`
 saying which operators run inside XNNPACK and, for the rest, why not (the
 partitioner's own reasons, collected from its log while lowering).
 
-Typical use (not run here: lowering takes seconds)::
+The program is a :class:`lowering.Lowered`: call it like the model (it runs
+through a cached :class:`ExecuTorchRunner`). Typical use (not run here: lowering
+takes seconds)::
 
     prog = to_executorch(converted, (x,), path="model.pte")
     print(prog.report.summary())
-    y = prog.runner()(x)
+    y = prog(x)
+    assert check_xnnpack_int8(converted, prog) == []
 """
 
 from __future__ import annotations
@@ -26,8 +29,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.fx import GraphModule
+from torch.fx import GraphModule, Node
 
+from pt2e.ops import CONV_OPS, CONV_TRANSPOSE_OPS, LINEAR_OPS
+from pt2e.report import OpRecord, Report
+
+from .contract import KernelFamily, check_int8
 from .executorch_checks import (
     DropUnusedConstantsPass,
     UntieSharedBiasPass,
@@ -42,6 +49,7 @@ __all__ = [
     "DelegationReport",
     "OutsideNode",
     "XnnpackLoweringError",
+    "check_xnnpack_int8",
 ]
 
 # the XNNPACK partitioner explains each rejected node at DEBUG level on these loggers
@@ -49,44 +57,76 @@ _WHY_LOGGER = "executorch.backends.xnnpack.partition"
 _DELEGATE_CALL = "executorch_call_delegate"
 # what a linear/conv becomes in the edge dialect, inside the delegate or (decomposed) outside
 _WEIGHTED_OP_NAMES = ("linear", "convolution", "addmm", ".mm.", "bmm")
+# the edge operators that are int8 kernels when their inputs are dequantized
+_WEIGHTED_EDGE_OPS = frozenset({
+    "aten.linear.default", "aten.convolution.default", "aten.addmm.default",
+    "aten.mm.default", "aten.bmm.default",
+})
 
 
 @dataclass(frozen=True, kw_only=True)
-class OutsideNode:
+class OutsideNode(OpRecord):
     """An operator left to ExecuTorch's portable kernels, and why XNNPACK did not take it."""
 
-    node: str
-    op: str
     reason: str
+    precision: str = "float"
 
 
 @dataclass(frozen=True, kw_only=True)
-class DelegationReport:
+class DelegationReport(Report):
     """What runs inside the XNNPACK delegate and what stays outside.
 
-    ``delegated`` counts edge operators by name (``aten.linear.default``...)
-    across all delegate calls; ``outside`` lists the other operator nodes.
+    ``records``: one :class:`pt2e.report.OpRecord` per edge operator inside a
+    delegate (``precision="int8"`` for a linear/conv whose inputs are dequantized,
+    or an op producing an integer tensor) and one :class:`OutsideNode` per operator
+    left outside. ``delegated`` counts the inside operators by name
+    (``aten.linear.default``...); ``outside`` lists the others.
 
-    >>> r = DelegationReport(num_delegates=1, delegated={"aten.linear.default": 2},
-    ...                      outside=(OutsideNode(node="sin", op="aten.sin.default",
-    ...                                           reason="no XNNPACK kernel"),))
+    >>> r = DelegationReport(num_delegates=1, records=(
+    ...     OpRecord(node="aten_linear_default", op="aten.linear.default", precision="int8", count=2),
+    ...     OutsideNode(node="sin", op="aten.sin.default", reason="no XNNPACK kernel")))
     >>> r.count("linear"), r.count("sin", delegated=False), r.weighted_outside
     (2, 1, ())
+    >>> r.delegated, r.count("linear", precision="int8", delegated=None)
+    ({'aten.linear.default': 2}, 2)
     >>> print(r.summary())
     XNNPACK delegates: 1
       inside:  aten.linear.default x2
       outside: sin (aten.sin.default): no XNNPACK kernel
     """
 
+    title: str = ""
     num_delegates: int
-    delegated: dict[str, int] = field(default_factory=dict)
-    outside: tuple[OutsideNode, ...] = ()
 
-    def count(self, op: str, *, delegated: bool = True) -> int:
-        """How many nodes whose operator name contains ``op`` run inside (or outside) XNNPACK."""
-        if delegated:
-            return sum(n for name, n in self.delegated.items() if op in name)
-        return sum(1 for o in self.outside if op in o.op)
+    def __post_init__(self) -> None:
+        if not self.title:
+            object.__setattr__(self, "title", f"XNNPACK delegates: {self.num_delegates}")
+
+    @property
+    def delegated(self) -> dict[str, int]:
+        """Operators inside the delegates, by edge operator name."""
+        counts: Counter[str] = Counter()
+        for r in self.records:
+            if not isinstance(r, OutsideNode):
+                counts[r.op] += r.count
+        return dict(counts)
+
+    @property
+    def outside(self) -> tuple[OutsideNode, ...]:
+        """Operators left to ExecuTorch's portable kernels, with the partitioner's reason."""
+        return tuple(r for r in self.records if isinstance(r, OutsideNode))
+
+    def count(
+        self, op: str | None = None, *, precision: str | None = None, delegated: bool | None = True
+    ) -> int:
+        """How many operators whose name contains ``op`` run inside XNNPACK
+        (``delegated=False``: outside it; ``None``: anywhere), of ``precision``."""
+        return sum(
+            r.count for r in self.records
+            if (op is None or op in r.op)
+            and (precision is None or r.precision == precision)
+            and (delegated is None or isinstance(r, OutsideNode) != delegated)
+        )
 
     @property
     def weighted_outside(self) -> tuple[OutsideNode, ...]:
@@ -98,16 +138,44 @@ class DelegationReport:
         lines = [f"XNNPACK delegates: {self.num_delegates}"]
         inside = ", ".join(f"{name} x{n}" for name, n in sorted(self.delegated.items()))
         lines.append(f"  inside:  {inside or '-'}")
-        if not self.outside:
+        outside = self.outside
+        if not outside:
             lines.append("  outside: -")
-        for o in self.outside:
+        for o in outside:
             lines.append(f"  outside: {o.node} ({o.op}): {o.reason}")
         return "\n".join(lines)
+
+
+# int8 inside the delegate, by family (for check_xnnpack_int8); the edge dialect
+# spells every conv, transposed or not, aten.convolution.default
+XNNPACK_KERNEL_FAMILIES = (
+    KernelFamily(name="linear", graph_ops=LINEAR_OPS, kernels=("aten.linear.",)),
+    KernelFamily(name="conv", graph_ops=CONV_OPS | CONV_TRANSPOSE_OPS, kernels=("aten.convolution.",)),
+)
+
+
+def check_xnnpack_int8(converted: GraphModule, lowered: Any) -> list[str]:
+    """Name the int8 compute ops of ``converted`` that ``lowered`` (from :func:`to_executorch`)
+    does not run as quantized ops inside an XNNPACK delegate; ``[]`` when it runs all.
+
+    >>> r = DelegationReport(num_delegates=0)
+    >>> import torch
+    >>> gm = torch.export.export(torch.nn.Linear(2, 2), (torch.randn(1, 2),)).module()
+    >>> check_xnnpack_int8(gm, ExecuTorchProgram(buffer=b"", report=r))  # float graph: nothing to check
+    []
+    """
+    inside = Report(title=lowered.report.title, records=tuple(
+        r for r in lowered.report.records if not isinstance(r, OutsideNode)))
+    return check_int8(converted, inside, families=XNNPACK_KERNEL_FAMILIES, backend="XNNPACK")
 
 
 @dataclass(frozen=True, kw_only=True)
 class ExecuTorchProgram:
     """A serialized ExecuTorch program and how it was delegated.
+
+    Calling it runs ``forward`` in ExecuTorch's runtime, loaded once on the first
+    call and kept alive with this object (a :class:`lowering.Lowered`);
+    :meth:`runner` loads a separate copy, for another method or another owner.
 
     >>> p = ExecuTorchProgram(buffer=b"abc", report=DelegationReport(num_delegates=0))
     >>> p.size_bytes
@@ -117,6 +185,14 @@ class ExecuTorchProgram:
     buffer: bytes
     report: DelegationReport
     path: Path | None = None
+    _runners: dict[str, ExecuTorchRunner] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
+
+    def __call__(self, *inputs: torch.Tensor) -> Any:
+        """Run ``forward`` on ``inputs``; the outputs are copies the caller owns."""
+        if "forward" not in self._runners:
+            self._runners["forward"] = ExecuTorchRunner(self.buffer, "forward")
+        return self._runners["forward"](*inputs)
 
     @property
     def size_bytes(self) -> int:
@@ -130,7 +206,7 @@ class ExecuTorchProgram:
         return out
 
     def runner(self, method: str = "forward") -> ExecuTorchRunner:
-        """Load the program in ExecuTorch's runtime (the runner keeps it alive)."""
+        """Load the program in ExecuTorch's runtime, anew (the runner keeps it alive)."""
         return ExecuTorchRunner(self.buffer, method)
 
 
@@ -166,13 +242,23 @@ def to_executorch(
     modified); a float ``nn.Module`` gives an fp32 XNNPACK program. With
     ``check=True`` the graph is first checked for quantization XNNPACK would
     reject or miscompute (:func:`lowering.executorch_checks.check_xnnpack_graph`).
-    ``path`` also writes the ``.pte`` there.
-    """
-    # registers the out-variants of quantize/dequantize that run outside the delegate
-    import executorch.kernels.quantized  # noqa: F401
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-    from executorch.exir import to_edge_transform_and_lower
+    ``path`` also writes the ``.pte`` there. The program is called like the model;
+    :func:`check_xnnpack_int8` checks its report against the converted graph.
 
+    A graph XNNPACK cannot run is refused before anything is exported:
+
+    >>> import torch
+    >>> qd = torch.ops.quantized_decomposed
+    >>> class U8(torch.nn.Module):
+    ...     def forward(self, x):
+    ...         q = qd.quantize_per_tensor.default(x, 0.1, 128, 0, 255, torch.uint8)
+    ...         return qd.dequantize_per_tensor.default(q, 0.1, 128, 0, 255, torch.uint8)
+    >>> gm = torch.export.export(U8(), (torch.randn(2),)).module()
+    >>> to_executorch(gm, (torch.randn(2),))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    lowering.executorch_checks.XnnpackLoweringError: node 'quantize_per_tensor' quantizes to torch.uint8, ...
+    """
     inputs = tuple(example_inputs)
     if isinstance(model, GraphModule):
         model = copy.deepcopy(model)
@@ -180,6 +266,12 @@ def to_executorch(
         DropUnusedConstantsPass()(model)
         if check:
             check_xnnpack_graph(model)
+
+    # registers the out-variants of quantize/dequantize that run outside the delegate
+    import executorch.kernels.quantized  # noqa: F401
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
     exported = torch.export.export(model, inputs, dynamic_shapes=dynamic_shapes)
 
     collector = _WhyCollector()
@@ -209,9 +301,20 @@ def _op_name(target: Any) -> str:
     return s if "." in s and not s.startswith("<") else name
 
 
+def _precision(node: Node) -> str:
+    """``"int8"`` for a linear/conv whose inputs are dequantized or a node producing an
+    integer tensor (a quantize); ``"float"`` otherwise."""
+    if _op_name(node.target) in _WEIGHTED_EDGE_OPS:
+        inputs = [a for a in node.args[:2] if isinstance(a, Node)]
+        dequantized = all("dequantize" in _op_name(a.target) for a in inputs)
+        return "int8" if inputs and dequantized else "float"
+    val = node.meta.get("val")
+    dtype = getattr(val, "dtype", None)
+    return "int8" if dtype is not None and not dtype.is_floating_point and dtype != torch.bool else "float"
+
+
 def _delegation_report(gm: GraphModule, reasons: dict[str, list[str]]) -> DelegationReport:
-    delegated: Counter[str] = Counter()
-    outside: list[OutsideNode] = []
+    records: list[OpRecord] = []
     num_delegates = 0
     for node in gm.graph.nodes:
         if node.op == "get_attr" and node.name.startswith("lowered_module"):
@@ -219,11 +322,14 @@ def _delegation_report(gm: GraphModule, reasons: dict[str, list[str]]) -> Delega
             lowered = getattr(gm, str(node.target))
             for inner in lowered.original_module.graph.nodes:
                 if inner.op == "call_function":
-                    delegated[_op_name(inner.target)] += 1
+                    precision = _precision(inner)
+                    reason = "" if precision == "int8" else "runs in XNNPACK in float"
+                    records.append(OpRecord(node=inner.name, op=_op_name(inner.target),
+                                            precision=precision, reason=reason))
         elif node.op == "call_function":
             name = _op_name(node.target)
             if _DELEGATE_CALL in name or name in ("getitem", "_operator.getitem"):
                 continue
             why = "; ".join(reasons.get(node.name, [])) or "no XNNPACK partitioner config accepts this operator"
-            outside.append(OutsideNode(node=node.name, op=name, reason=why))
-    return DelegationReport(num_delegates=num_delegates, delegated=dict(delegated), outside=tuple(outside))
+            records.append(OutsideNode(node=node.name, op=name, reason=why, precision=_precision(node)))
+    return DelegationReport(num_delegates=num_delegates, records=tuple(records))

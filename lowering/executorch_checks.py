@@ -23,6 +23,8 @@ from torch.fx import GraphModule, Node
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
 from pt2e.errors import Pt2eError
+from pt2e.fold import drop_unused_attributes
+from pt2e.graph import attr_value, copy_meta, module_path, register_constant
 from pt2e.ops import (
     CHOOSE_QPARAMS_OPS,
     CONV_OPS,
@@ -69,9 +71,7 @@ def _dtype(node: Node) -> torch.dtype | None:
 def _const(gm: GraphModule, node: Any) -> torch.Tensor | None:
     if not isinstance(node, Node) or node.op != "get_attr":
         return None
-    obj: Any = gm
-    for part in str(node.target).split("."):
-        obj = getattr(obj, part)
+    obj = attr_value(gm, str(node.target))
     return obj if isinstance(obj, torch.Tensor) else None
 
 
@@ -94,11 +94,8 @@ def _zero_points(gm: GraphModule, node: Node) -> torch.Tensor | None:
 
 
 def _where(node: Node) -> str:
-    stack = node.meta.get("nn_module_stack") or {}
-    users = [u for u in node.users if u.meta.get("nn_module_stack")]
-    if not stack and users:
-        stack = users[0].meta["nn_module_stack"]
-    module = next(reversed(stack.values()))[0] if stack else None
+    # a weight's q/dq has no module of its own: name the module of the layer that reads it
+    module = module_path(node) or next(filter(None, (module_path(u) for u in node.users)), "")
     return f"node '{node.name}'" + (f" (module {module})" if module else "")
 
 
@@ -192,11 +189,10 @@ class UntieSharedBiasPass(PassBase):
                 and len(u.args) > 2 and u.args[2] is node
             ]
             for i, user in enumerate(uses[1:], start=1):
-                name = _free_name(gm, f"{str(node.target).replace('.', '_')}_use{i}")
-                gm.register_buffer(name, tensor.detach().clone())
+                name = register_constant(gm, f"{node.target}_use{i}", tensor.detach().clone())
                 with gm.graph.inserting_before(user):
                     copy = gm.graph.get_attr(name)
-                copy.meta = dict(node.meta)
+                copy_meta(copy, node, value=True)
                 user.replace_input_with(node, copy)
                 modified = True
         if modified:
@@ -205,20 +201,16 @@ class UntieSharedBiasPass(PassBase):
         return PassResult(gm, modified)
 
 
-def _free_name(gm: GraphModule, base: str) -> str:
-    name, i = base, 0
-    while hasattr(gm, name):
-        i += 1
-        name = f"{base}_{i}"
-    return name
-
-
 class DropUnusedConstantsPass(PassBase):
     """Delete parameters and buffers no ``get_attr`` node reads.
 
-    After ``convert_pt2e`` folds weights into int8 constants, the float weights stay
-    registered on the module; ``torch.export`` would lift them and ExecuTorch would
-    serialize them into the ``.pte`` next to the int8 copies.
+    ``convert_pt2e`` already drops what its graph stops reading
+    (:func:`pt2e.fold.drop_unused_attributes`, which this pass runs). It still
+    matters for a graph that reaches :func:`lowering.to_executorch` another way:
+    converted by another flow, edited by hand, or carrying buffers the model
+    registers but never reads. ``torch.export`` lifts every parameter and buffer,
+    read or not, and ExecuTorch serializes each into the ``.pte`` (measured: an
+    unread 100,000-float buffer grows a linear's 2 KB ``.pte`` to 400 KB).
 
     >>> import torch
     >>> gm = torch.fx.symbolic_trace(torch.nn.Linear(2, 2))
@@ -228,15 +220,4 @@ class DropUnusedConstantsPass(PassBase):
     """
 
     def call(self, graph_module: GraphModule) -> PassResult:
-        gm = graph_module
-        used = {str(n.target) for n in gm.graph.nodes if n.op == "get_attr"}
-        names = [n for n, _ in gm.named_parameters()] + [n for n, _ in gm.named_buffers()]
-        modified = False
-        for name in names:
-            if name in used or any(u.startswith(name + ".") for u in used):
-                continue
-            owner_path, _, attr = name.rpartition(".")
-            owner = gm.get_submodule(owner_path) if owner_path else gm
-            delattr(owner, attr)
-            modified = True
-        return PassResult(gm, modified)
+        return PassResult(graph_module, drop_unused_attributes(graph_module) > 0)

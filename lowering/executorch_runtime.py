@@ -27,10 +27,15 @@ class ExecuTorchRunner:
     """Load a ``.pte`` (bytes or file) once and call one of its methods like a function.
 
     ``runner(*inputs)`` returns the single output tensor, or a tuple when the
-    method returns several.
+    method returns several; the outputs are copies the caller owns. Usually made
+    by :meth:`lowering.ExecuTorchProgram.runner`, or implicitly by calling the
+    program. Bytes that are not a ``.pte`` are refused with a
+    :class:`ExecuTorchLoadError`:
 
-    >>> ExecuTorchRunner.__call__.__doc__.split(".")[0]
-    'Run the method on ``inputs`` (tensors) and return its output(s)'
+    >>> ExecuTorchRunner(b"not a program")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    lowering.executorch_runtime.ExecuTorchLoadError: ExecuTorch could not load the .pte (13 bytes): ...
     """
 
     def __init__(self, pte: bytes | str | Path, method: str = "forward") -> None:
@@ -38,7 +43,13 @@ class ExecuTorchRunner:
 
         # the buffer, program and method are kept together on purpose (see module docstring)
         self._buffer = Path(pte).read_bytes() if isinstance(pte, (str, Path)) else bytes(pte)
-        self._program = Runtime.get().load_program(self._buffer)
+        try:
+            self._program = Runtime.get().load_program(self._buffer)
+        except RuntimeError as e:
+            raise ExecuTorchLoadError(
+                f"ExecuTorch could not load the .pte ({len(self._buffer)} bytes): {e}. Pass the "
+                "bytes of a serialized program (ExecuTorchProgram.buffer, or a .pte file path)"
+            ) from e
         if method not in self._program.method_names:
             raise ExecuTorchLoadError(
                 f"the .pte has no method '{method}' (it has {sorted(self._program.method_names)}); "

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from observers.errors import ObserverStateError, QuantizationConfigError
+from observers.errors import ObserverStateError, QuantizationConfigError, UnsupportedOperationError
 from observers.factory import with_args as _with_args
 from observers.factory import with_callable_args as _with_callable_args
 from observers.qparams import DEFAULT_EPS, qparams_from_min_max, resolve_quant_range
@@ -258,7 +258,10 @@ class UniformQuantizationObserverBase(ObserverBase):
 
     def reset_min_max_vals(self) -> None:
         """Forget the observed range."""
-        raise NotImplementedError(f"{type(self).__name__} cannot reset its min/max values.")
+        raise UnsupportedOperationError(
+            f"{type(self).__name__} cannot reset its min/max values; build a new observer "
+            "to start from an empty range."
+        )
 
     def _before_state_load(
         self, state_dict: dict[str, Any], prefix: str, local_metadata: dict[str, Any]

@@ -27,10 +27,9 @@ from typing import Union
 import torch
 
 from observers.base import ObserverBase
-from observers.errors import QuantizationConfigError
 from observers.factory import PartialWrapper
 from observers.fake_quantize import FakeQuantizeBase
-from observers.validation import is_per_channel
+from observers.validation import check_ch_axis
 
 __all__ = [
     "DerivedObserverOrFakeQuantize",
@@ -71,11 +70,7 @@ class DerivedObserverOrFakeQuantize(ObserverBase):
         ch_axis: int | None = None,
     ) -> None:
         super().__init__(dtype)
-        if is_per_channel(qscheme) and ch_axis is None:
-            raise QuantizationConfigError(
-                f"DerivedObserverOrFakeQuantize: qscheme={qscheme} is per-channel, so ch_axis "
-                "must be given (got ch_axis=None)."
-            )
+        check_ch_axis(qscheme, ch_axis, owner="DerivedObserverOrFakeQuantize")
         self.obs_or_fqs = obs_or_fqs
         self.derive_qparams_fn = derive_qparams_fn
         self.quant_min = quant_min

@@ -36,6 +36,7 @@ from __future__ import annotations
 import torch
 
 from observers.errors import QuantizationConfigError
+from observers.facts import int_range
 from observers.validation import (
     ALL_QSCHEMES,
     check_qscheme,
@@ -52,6 +53,7 @@ __all__ = [
 ]
 
 DEFAULT_EPS: float = torch.finfo(torch.float32).eps
+_EIGHT_BIT = (torch.qint8, torch.int8, torch.quint8, torch.uint8)
 
 
 def default_quant_range(dtype: torch.dtype, reduce_range: bool = False) -> tuple[int, int]:
@@ -67,17 +69,13 @@ def default_quant_range(dtype: torch.dtype, reduce_range: bool = False) -> tuple
     >>> default_quant_range(torch.int16), default_quant_range(torch.int32)
     ((-32768, 32767), (-2147483648, 2147483647))
     """
-    if dtype in (torch.qint8, torch.int8):
-        return (-64, 63) if reduce_range else (-128, 127)
-    if dtype in (torch.quint8, torch.uint8):
-        return (0, 127) if reduce_range else (0, 255)
-    if dtype in (torch.qint32, torch.int32):
-        return -(2**31), 2**31 - 1
-    if dtype == torch.uint16:
-        return 0, 2**16 - 1
-    if dtype == torch.int16:
-        return -(2**15), 2**15 - 1
-    return 0, 15
+    bounds = int_range(dtype)
+    if bounds is None:
+        return 0, 15
+    lo, hi = bounds
+    if reduce_range and dtype in _EIGHT_BIT:
+        return lo // 2, hi // 2
+    return lo, hi
 
 
 def resolve_quant_range(

@@ -17,7 +17,7 @@ import torch
 from observers.base import ObserverBase
 from observers.errors import ObserverStateError, QuantizationConfigError
 from observers.qparams import DEFAULT_EPS, resolve_quant_range
-from observers.validation import PER_TENSOR_QSCHEMES, check_qscheme
+from observers.validation import PER_TENSOR_QSCHEMES, check_fixed_qparams, check_qscheme
 
 __all__ = [
     "FixedQParamsObserver",
@@ -193,13 +193,7 @@ class FixedQParamsObserver(ObserverBase):
         qscheme = torch.per_tensor_affine if qscheme is None else qscheme
         check_qscheme(qscheme, PER_TENSOR_QSCHEMES, owner=owner)
         quant_min, quant_max = resolve_quant_range(dtype, quant_min, quant_max, owner=owner)
-        if not float(scale) > 0:
-            raise QuantizationConfigError(f"{owner}: scale={scale} must be positive.")
-        if not quant_min <= zero_point <= quant_max:
-            raise QuantizationConfigError(
-                f"{owner}: zero_point={zero_point} must lie in "
-                f"[quant_min, quant_max] = [{quant_min}, {quant_max}]."
-            )
+        check_fixed_qparams(scale, zero_point, quant_min, quant_max, owner=owner)
         super().__init__(dtype=dtype, is_dynamic=is_dynamic)
         self.quant_min = quant_min
         self.quant_max = quant_max

@@ -1,16 +1,19 @@
 """Checks on dtype / qscheme / quant range combinations, with errors that say how to fix them.
 
-Every check raises :class:`~observers.errors.QuantizationConfigError` whose
+Every check raises :class:`~pt2e.errors.QuantizationConfigError` whose
 message names the owner (the class being built), the argument, the value it
 got and the values it accepts. torchao raises ``AssertionError: ''`` or a
-``NotImplementedError`` for the same mistakes.
+``NotImplementedError`` for the same mistakes. The allowed values come from
+:mod:`observers.facts`; observers and the spec dataclasses of
+:mod:`pt2e.quantizer` call these same functions, so a spec fails when it is
+built with the message its observer would give.
 
 >>> import torch
 >>> from observers.validation import check_qscheme, PER_TENSOR_QSCHEMES
 >>> check_qscheme(torch.per_channel_affine, PER_TENSOR_QSCHEMES, owner="MinMaxObserver")
 Traceback (most recent call last):
 ...
-observers.errors.QuantizationConfigError: MinMaxObserver: qscheme=torch.per_channel_affine is not supported; allowed: torch.per_tensor_affine, torch.per_tensor_symmetric.
+pt2e.errors.QuantizationConfigError: MinMaxObserver: qscheme=torch.per_channel_affine is not supported; allowed: torch.per_tensor_affine, torch.per_tensor_symmetric.
 """
 
 from __future__ import annotations
@@ -20,13 +23,25 @@ from collections.abc import Iterable
 import torch
 
 from observers.errors import QuantizationConfigError
+from observers.facts import (
+    ALL_QSCHEMES,
+    FLOAT_QPARAMS_QSCHEMES,
+    OBSERVER_DTYPES,
+    PER_CHANNEL_QSCHEMES,
+    PER_TENSOR_QSCHEMES,
+    SYMMETRIC_QSCHEMES,
+    int_range,
+)
 
 __all__ = [
+    # re-exported from observers.facts, where they are defined
     "ALL_QSCHEMES",
     "OBSERVER_DTYPES",
     "PER_CHANNEL_QSCHEMES",
     "PER_TENSOR_QSCHEMES",
+    "check_ch_axis",
     "check_dtype",
+    "check_fixed_qparams",
     "check_quant_range",
     "check_qscheme",
     "dtype_bounds",
@@ -35,46 +50,6 @@ __all__ = [
     "is_per_tensor",
     "is_symmetric",
 ]
-
-PER_TENSOR_QSCHEMES: tuple[torch.qscheme, ...] = (
-    torch.per_tensor_affine,
-    torch.per_tensor_symmetric,
-)
-PER_CHANNEL_QSCHEMES: tuple[torch.qscheme, ...] = (
-    torch.per_channel_affine,
-    torch.per_channel_symmetric,
-    torch.per_channel_affine_float_qparams,
-)
-ALL_QSCHEMES: tuple[torch.qscheme, ...] = PER_TENSOR_QSCHEMES + PER_CHANNEL_QSCHEMES
-
-# The dtypes torchao's uniform observers accept (the ``quantize`` op's target dtype).
-OBSERVER_DTYPES: tuple[torch.dtype, ...] = (
-    torch.qint8,
-    torch.quint8,
-    torch.quint4x2,
-    torch.qint32,
-    torch.int8,
-    torch.uint8,
-    torch.int16,
-    torch.uint16,
-    torch.int32,
-    torch.float8_e5m2,
-    torch.float8_e4m3fn,
-)
-
-# Representable integer range of each quantized storage dtype. A custom
-# [quant_min, quant_max] must fit inside it (int4 is int8 storage with -8..7).
-_DTYPE_BOUNDS: dict[torch.dtype, tuple[int, int]] = {
-    torch.qint8: (-128, 127),
-    torch.int8: (-128, 127),
-    torch.quint8: (0, 255),
-    torch.uint8: (0, 255),
-    torch.quint4x2: (0, 15),
-    torch.int16: (-(2**15), 2**15 - 1),
-    torch.uint16: (0, 2**16 - 1),
-    torch.qint32: (-(2**31), 2**31 - 1),
-    torch.int32: (-(2**31), 2**31 - 1),
-}
 
 
 def is_per_tensor(qscheme: torch.qscheme | None) -> bool:
@@ -104,7 +79,7 @@ def is_symmetric(qscheme: torch.qscheme | None) -> bool:
     >>> is_symmetric(torch.per_channel_symmetric), is_symmetric(torch.per_tensor_affine)
     (True, False)
     """
-    return qscheme in (torch.per_tensor_symmetric, torch.per_channel_symmetric)
+    return qscheme in SYMMETRIC_QSCHEMES
 
 
 def is_float_qparams(qscheme: torch.qscheme | None) -> bool:
@@ -114,7 +89,7 @@ def is_float_qparams(qscheme: torch.qscheme | None) -> bool:
     >>> is_float_qparams(torch.per_channel_affine_float_qparams)
     True
     """
-    return qscheme == torch.per_channel_affine_float_qparams
+    return qscheme in FLOAT_QPARAMS_QSCHEMES
 
 
 def dtype_bounds(dtype: torch.dtype) -> tuple[int, int] | None:
@@ -124,7 +99,7 @@ def dtype_bounds(dtype: torch.dtype) -> tuple[int, int] | None:
     >>> dtype_bounds(torch.qint8), dtype_bounds(torch.uint8), dtype_bounds(torch.float16)
     ((-128, 127), (0, 255), None)
     """
-    return _DTYPE_BOUNDS.get(dtype)
+    return int_range(dtype)
 
 
 def _allowed(values: Iterable[object]) -> str:
@@ -132,7 +107,7 @@ def _allowed(values: Iterable[object]) -> str:
 
 
 def check_qscheme(
-    qscheme: object, allowed: Iterable[torch.qscheme], *, owner: str, hint: str = ""
+    qscheme: object, allowed: Iterable[torch.qscheme | None], *, owner: str, hint: str = ""
 ) -> None:
     """Raise unless ``qscheme`` is one of ``allowed``.
 
@@ -145,19 +120,36 @@ def check_qscheme(
         raise QuantizationConfigError(f"{message} {hint}".rstrip())
 
 
-def check_dtype(dtype: object, allowed: Iterable[torch.dtype], *, owner: str) -> None:
+def check_dtype(
+    dtype: object, allowed: Iterable[torch.dtype], *, owner: str, hint: str = ""
+) -> None:
     """Raise unless ``dtype`` is one of ``allowed``.
 
     >>> import torch
     >>> check_dtype(torch.float64, (torch.qint8, torch.quint8), owner="MinMaxObserver")
     Traceback (most recent call last):
     ...
-    observers.errors.QuantizationConfigError: MinMaxObserver: dtype=torch.float64 is not supported; allowed: torch.qint8, torch.quint8.
+    pt2e.errors.QuantizationConfigError: MinMaxObserver: dtype=torch.float64 is not supported; allowed: torch.qint8, torch.quint8.
     """
     allowed = tuple(allowed)
     if dtype not in allowed:
+        message = f"{owner}: dtype={dtype} is not supported; allowed: {_allowed(allowed)}."
+        raise QuantizationConfigError(f"{message} {hint}".rstrip())
+
+
+def check_ch_axis(qscheme: object, ch_axis: int | None, *, owner: str) -> None:
+    """Raise if ``qscheme`` is per-channel and no ``ch_axis`` is given.
+
+    >>> import torch
+    >>> check_ch_axis(torch.per_channel_symmetric, None, owner="DerivedObserverOrFakeQuantize")
+    Traceback (most recent call last):
+    ...
+    pt2e.errors.QuantizationConfigError: DerivedObserverOrFakeQuantize: qscheme=torch.per_channel_symmetric is per-channel, so ch_axis must be given (got ch_axis=None).
+    """
+    if qscheme in PER_CHANNEL_QSCHEMES and ch_axis is None:
         raise QuantizationConfigError(
-            f"{owner}: dtype={dtype} is not supported; allowed: {_allowed(allowed)}."
+            f"{owner}: qscheme={qscheme} is per-channel, so ch_axis must be given "
+            "(got ch_axis=None)."
         )
 
 
@@ -174,7 +166,7 @@ def check_quant_range(
     >>> check_quant_range(0, 300, torch.uint8, owner="MinMaxObserver")
     Traceback (most recent call last):
     ...
-    observers.errors.QuantizationConfigError: MinMaxObserver: quant_max=300 does not fit dtype=torch.uint8; allowed: 0 <= quant_min < quant_max <= 255.
+    pt2e.errors.QuantizationConfigError: MinMaxObserver: quant_max=300 does not fit dtype=torch.uint8; allowed: 0 <= quant_min < quant_max <= 255.
     """
     if quant_min is None and quant_max is None:
         return
@@ -210,4 +202,24 @@ def check_quant_range(
         raise QuantizationConfigError(
             f"{owner}: quant_max={quant_max} does not fit dtype={dtype}; "
             f"allowed: {lo} <= quant_min < quant_max <= {hi}."
+        )
+
+
+def check_fixed_qparams(
+    scale: float, zero_point: int, quant_min: int, quant_max: int, *, owner: str
+) -> None:
+    """Raise unless ``scale > 0`` and ``quant_min <= zero_point <= quant_max``.
+
+    >>> check_fixed_qparams(1.0 / 256, 0, 0, 255, owner="FixedQParamsObserver")
+    >>> check_fixed_qparams(0.5, 300, 0, 255, owner="FixedQParamsObserver")
+    Traceback (most recent call last):
+    ...
+    pt2e.errors.QuantizationConfigError: FixedQParamsObserver: zero_point=300 must lie in [quant_min, quant_max] = [0, 255].
+    """
+    if not float(scale) > 0:
+        raise QuantizationConfigError(f"{owner}: scale={scale} must be positive.")
+    if not quant_min <= zero_point <= quant_max:
+        raise QuantizationConfigError(
+            f"{owner}: zero_point={zero_point} must lie in "
+            f"[quant_min, quant_max] = [{quant_min}, {quant_max}]."
         )

@@ -18,30 +18,16 @@ from typing import Any
 import torch
 from torch.fx import GraphModule, Node
 
-from .capture import attr_value, remove_dead_code
+from .graph import attr_value, batch_norm_args, copy_meta, register_constant, remove_dead_code
 from .ops import BATCH_NORM_OPS, CONV_OPS, CONV_TRANSPOSE_OPS, LINEAR_OPS
 
 __all__ = [
     "fold_bn_into_preceding_op",
     "folded_weight_and_bias",
-    "register_folded_param",
     "replace_batch_norm",
 ]
 
 aten = torch.ops.aten
-
-
-
-def _bn_params(bn: Node) -> tuple[Any, Any, Any, Any, float] | None:
-    """(gamma, beta, running_mean, running_var, eps) of an eval-mode batch norm, else None."""
-    a: Any = bn.args
-    if bn.target == aten.batch_norm.default:
-        # batch_norm(input, weight, bias, running_mean, running_var, training, momentum, eps, cudnn)
-        if a[5]:
-            return None
-        return a[1], a[2], a[3], a[4], float(a[7])
-    # _native_batch_norm_legit_no_training(input, weight, bias, running_mean, running_var, momentum, eps)
-    return a[1], a[2], a[3], a[4], float(a[6])
 
 
 def _attr(gm: GraphModule, node: Any) -> torch.Tensor | None:
@@ -80,17 +66,6 @@ class _NotFoldable(Exception):
     pass
 
 
-def register_folded_param(gm: GraphModule, base: str, value: torch.Tensor) -> str:
-    """Register ``value`` as a frozen parameter under a fresh name derived from ``base``."""
-    stem = base.replace(".", "_")
-    name, i = stem, 0
-    while hasattr(gm, name):
-        i += 1
-        name = f"{stem}_{i}"
-    gm.register_parameter(name, torch.nn.Parameter(value.detach().clone(), requires_grad=False))
-    return name
-
-
 def replace_batch_norm(graph: torch.fx.Graph, bn: Node, replacement: Node) -> None:
     """Route ``bn``'s users to ``replacement`` and erase ``bn``.
 
@@ -107,10 +82,8 @@ def replace_batch_norm(graph: torch.fx.Graph, bn: Node, replacement: Node) -> No
 
 
 def _set_meta(node: Node, like: Node, value: torch.Tensor) -> None:
-    """Give a new get_attr node the metadata passes expect (a fake ``val`` of its value)."""
-    for k in ("nn_module_stack", "stack_trace"):
-        if k in like.meta:
-            node.meta[k] = like.meta[k]
+    """Give a new get_attr node ``like``'s provenance and a fake ``val`` of its value."""
+    copy_meta(node, like)
     old = like.meta.get("val")
     mode = getattr(old, "fake_mode", None)
     node.meta["val"] = mode.from_tensor(value) if mode is not None else value
@@ -141,9 +114,9 @@ def fold_bn_into_preceding_op(gm: GraphModule) -> int:
     for bn in list(graph.nodes):
         if bn.op != "call_function" or bn.target not in BATCH_NORM_OPS:
             continue
-        params = _bn_params(bn)
-        producer = bn.args[0]
-        if params is None or not isinstance(producer, Node) or len(producer.users) != 1:
+        params = batch_norm_args(bn)
+        producer = params.input
+        if params.training or not isinstance(producer, Node) or len(producer.users) != 1:
             continue
         if producer.target in CONV_OPS | LINEAR_OPS:
             out_axis = 0
@@ -159,19 +132,23 @@ def fold_bn_into_preceding_op(gm: GraphModule) -> int:
         try:
             w = _attr(gm, w_arg)
             b = _attr(gm, b_arg)
-            gamma, beta, mean, var = (_attr(gm, p) for p in params[:4])
+            gamma, beta, mean, var = (_attr(gm, p) for p in (
+                params.weight, params.bias, params.running_mean, params.running_var))
         except _NotFoldable:
             continue
-        assert isinstance(w_arg, Node) and w is not None and mean is not None and var is not None
-        new_w, new_b = folded_weight_and_bias(w, b, gamma, beta, mean, var, params[4], out_axis)
+        if not isinstance(w_arg, Node) or w is None or mean is None or var is None:
+            continue  # no weight or no running statistics: nothing to fold into
+        new_w, new_b = folded_weight_and_bias(w, b, gamma, beta, mean, var, params.eps, out_axis)
         b_base = b_arg.target if isinstance(b_arg, Node) else f"{w_arg.target}_bias"
-        w_name = register_folded_param(gm, f"{w_arg.target}_bn_folded", new_w)
-        b_name = register_folded_param(gm, f"{b_base}_bn_folded", new_b)
+        w_name = register_constant(gm, f"{w_arg.target}_bn_folded", new_w.detach().clone(),
+                                   parameter=True)
+        b_name = register_constant(gm, f"{b_base}_bn_folded", new_b.detach().clone(),
+                                   parameter=True)
         with graph.inserting_before(producer):
             w_node = graph.get_attr(w_name)
             b_node = graph.get_attr(b_name)
         _set_meta(w_node, w_arg, new_w)
-        _set_meta(b_node, w_arg, new_b)
+        _set_meta(b_node, b_arg if isinstance(b_arg, Node) else w_arg, new_b)
         args = list(producer.args)
         while len(args) < 3:
             args.append(None)

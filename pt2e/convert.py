@@ -20,29 +20,26 @@ from typing import Any
 import torch
 from torch.fx import GraphModule, Node
 
-from .capture import describe_node
+from observers.facts import PER_CHANNEL_QSCHEMES, int_range
+
 from .errors import ObserverStateError
 from .fold import constant_value
+from .graph import CUSTOM_KEY, copy_meta, describe_node, register_constant
 from .ops import QD, is_dequantize, storage_dtype
 from .prepare import is_observer_module
 from .quantizer.annotation import get_annotation
 
 __all__ = ["replace_observers", "duplicate_dequantize_per_user", "port_dequantize_metadata", "observer_qparams"]
 
+# the storage dtypes quantized_decomposed's quantize/dequantize ops take
 _INT_DTYPES = {torch.uint8, torch.int8, torch.int16, torch.int32, torch.uint16}
-_META_KEYS = ("nn_module_stack", "stack_trace", "from_node")
-_PER_CHANNEL = (
-    torch.per_channel_affine,
-    torch.per_channel_symmetric,
-    torch.per_channel_affine_float_qparams,
-)
 
 
 def _range(obs: Any, dtype: torch.dtype) -> tuple[int, int]:
-    info = torch.iinfo(dtype)
+    lo, hi = int_range(dtype) or (0, 0)  # dtype is one of _INT_DTYPES
     qmin = getattr(obs, "quant_min", None)
     qmax = getattr(obs, "quant_max", None)
-    return (int(info.min) if qmin is None else int(qmin), int(info.max) if qmax is None else int(qmax))
+    return (lo if qmin is None else int(qmin), hi if qmax is None else int(qmax))
 
 
 def _where(node: Node) -> str:
@@ -69,22 +66,6 @@ def observer_qparams(obs: Any, node: Node) -> tuple[torch.Tensor, torch.Tensor]:
     return scale, zero_point
 
 
-def _copy_meta(dst: Node, src: Node) -> None:
-    for k in _META_KEYS:
-        if k in src.meta:
-            dst.meta[k] = src.meta[k]
-
-
-def _register_buffer(model: GraphModule, base: str, value: torch.Tensor) -> str:
-    name = base
-    i = 0
-    while hasattr(model, name):
-        i += 1
-        name = f"{base}_{i}"
-    model.register_buffer(name, value)
-    return name
-
-
 def _feed_constant(model: GraphModule, node: Node, obs: Any) -> None:
     """Let a weight observer see its weight if calibration never ran it (dynamic flows)."""
     inner = getattr(obs, "activation_post_process", obs)
@@ -100,7 +81,7 @@ def _feed_constant(model: GraphModule, node: Node, obs: Any) -> None:
 def _replace_one(model: GraphModule, node: Node, obs: Any) -> None:
     graph = model.graph
     x = node.args[0]
-    assert isinstance(x, Node)
+    assert isinstance(x, Node)  # internal: prepare calls every observer on a node's value
     _feed_constant(model, node, obs)
     dtype = storage_dtype(obs.dtype)
     is_dynamic = bool(getattr(obs, "is_dynamic", False))
@@ -113,10 +94,12 @@ def _replace_one(model: GraphModule, node: Node, obs: Any) -> None:
         if dtype in _INT_DTYPES and not is_dynamic:
             qmin, qmax = _range(obs, dtype)
             scale, zp = observer_qparams(obs, node)
-            if getattr(obs, "qscheme", None) in _PER_CHANNEL:
+            if getattr(obs, "qscheme", None) in PER_CHANNEL_QSCHEMES:
                 axis = int(obs.ch_axis)
-                s_node = graph.get_attr(_register_buffer(model, f"{node.target}_scale", scale))
-                z_node = graph.get_attr(_register_buffer(model, f"{node.target}_zero_point", zp))
+                s_node = graph.get_attr(register_constant(model, f"{node.target}_scale", scale))
+                z_node = graph.get_attr(register_constant(model, f"{node.target}_zero_point", zp))
+                copy_meta(s_node, node)
+                copy_meta(z_node, node)
                 qargs: tuple[Any, ...] = (s_node, z_node, axis, qmin, qmax, dtype)
                 q_op, dq_op = QD.quantize_per_channel.default, QD.dequantize_per_channel.default
             else:
@@ -136,7 +119,7 @@ def _replace_one(model: GraphModule, node: Node, obs: Any) -> None:
             q = graph.call_function(QD.quantize_per_tensor.tensor, (x, *qargs))
             dq = graph.call_function(QD.dequantize_per_tensor.tensor, (q, *qargs), dq_kwargs)
             for n in (cq, s_node, z_node):
-                _copy_meta(n, node)
+                copy_meta(n, node)
         elif obs.dtype == torch.float16 and not is_dynamic:
             convert = QD.convert_element_type.no_fuse
             q = graph.call_function(convert, (x, torch.float16))
@@ -145,8 +128,8 @@ def _replace_one(model: GraphModule, node: Node, obs: Any) -> None:
             node.replace_all_uses_with(x)
             graph.erase_node(node)
             return
-    _copy_meta(q, node)
-    _copy_meta(dq, node)
+    copy_meta(q, node)
+    copy_meta(dq, node)
     node.replace_all_uses_with(dq)
     graph.erase_node(node)
 
@@ -176,13 +159,17 @@ def _is_dynamic_dq(node: Node) -> bool:
 
 
 def port_dequantize_metadata(model: GraphModule) -> None:
-    """A dequantize of a constant (weight) takes its consumer's module metadata."""
+    """A dequantize of a constant (weight) takes its consumer's module metadata.
+
+    Backends' module filters read the module stack, which a weight lacks. Its
+    provenance (``from_node``, the debug handle) stays the weight's: the
+    dequantize stands for the weight, not for the operator reading it.
+    """
     for dq in model.graph.nodes:
         if is_dequantize(dq) and "nn_module_stack" not in dq.meta and len(dq.users) == 1:
-            user = next(iter(dq.users))
-            for k in _META_KEYS:
-                if k in user.meta:
-                    dq.meta[k] = user.meta[k]
+            own = {k: dq.meta[k] for k in ("from_node", CUSTOM_KEY) if k in dq.meta}
+            copy_meta(dq, next(iter(dq.users)))
+            dq.meta.update(own)
 
 
 def duplicate_dequantize_per_user(model: GraphModule) -> int:
@@ -205,6 +192,7 @@ def duplicate_dequantize_per_user(model: GraphModule) -> int:
                 continue
             with graph.inserting_after(dq):
                 copy = graph.node_copy(dq)
+            copy_meta(copy, dq)  # node_copy shares the meta containers; give it its own
             user.replace_input_with(dq, copy)
             made += 1
     return made

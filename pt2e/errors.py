@@ -1,17 +1,37 @@
-"""Errors raised by the pt2e pipeline (prepare, convert, annotation checks).
+"""The project's errors, as users see them: ``pt2e.errors.*``.
 
-All derive from :class:`observers.errors.Pt2eError`, the project's one base class.
-Messages say what happened, where (node name, module path) and how to fix it.
+One tree, one base class, :class:`Pt2eError`. Every subclass also inherits the
+builtin exception it is, so ``except ValueError`` written against torchao still
+catches a :class:`QuantizationConfigError`. The classes ``observers`` raises are
+defined in :mod:`observers.errors` (the lowest layer) and re-exported here, their
+public home; the pipeline's own are defined here. Messages say what happened,
+where (node name, module path) and how to fix it.
+
+>>> import pt2e.errors as E
+>>> all(issubclass(getattr(E, name), E.Pt2eError) for name in E.__all__)
+True
+>>> issubclass(E.ArgumentTypeError, TypeError), E.ArgumentTypeError.__module__
+(True, 'pt2e.errors')
 """
 
 from __future__ import annotations
 
-from observers.errors import ObserverStateError, Pt2eError, QuantizationConfigError
+from observers.errors import (
+    ArgumentTypeError,
+    ArgumentValueError,
+    ObserverStateError,
+    Pt2eError,
+    QuantizationConfigError,
+    UnsupportedOperationError,
+)
 
 __all__ = [
     "Pt2eError",
     "QuantizationConfigError",
     "ObserverStateError",
+    "ArgumentTypeError",
+    "ArgumentValueError",
+    "UnsupportedOperationError",
     "AnnotationError",
     "NotExportedModelError",
     "PipelineStateError",

@@ -20,7 +20,7 @@ import torch
 from torch.fx import GraphModule, Node
 from torch.fx.node import map_arg
 
-from .capture import attr_value, remove_dead_code
+from .graph import attr_value, copy_meta, register_constant, remove_dead_code
 from .ops import QUANTIZE_OPS
 
 __all__ = ["fold_constant_quantize", "constant_value", "drop_unused_attributes", "FROZEN_PREFIX"]
@@ -85,7 +85,6 @@ def fold_constant_quantize(model: GraphModule) -> int:
     memo: dict[Node, bool] = {}
     cache: dict[Node, Any] = {}
     folded = 0
-    index = 0
     for node in list(graph.nodes):
         if node.op != "call_function" or node.target not in QUANTIZE_OPS:
             continue
@@ -94,15 +93,10 @@ def fold_constant_quantize(model: GraphModule) -> int:
             continue
         with torch.no_grad():
             value = _evaluate(model, node, cache).detach().clone()
-        while hasattr(model, f"{FROZEN_PREFIX}{index}"):
-            index += 1
-        name = f"{FROZEN_PREFIX}{index}"
-        model.register_buffer(name, value)
+        name = register_constant(model, FROZEN_PREFIX, value, numbered=True)
         with graph.inserting_before(node):
             const = graph.get_attr(name)
-        for k in ("nn_module_stack", "stack_trace"):
-            if k in node.meta:
-                const.meta[k] = node.meta[k]
+        copy_meta(const, node)
         node.replace_all_uses_with(const)
         graph.erase_node(node)
         folded += 1

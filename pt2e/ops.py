@@ -11,9 +11,14 @@ True
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.ao.quantization.fx._decomposed  # noqa: F401  (registers quantized_decomposed ops)
 from torch.fx import Node
+
+# a fact about dtypes, re-exported here beside the ops that take storage dtypes
+from observers.facts import storage_dtype
 
 __all__ = [
     "QD",
@@ -26,6 +31,7 @@ __all__ = [
     "CONV_TRANSPOSE_OPS",
     "LINEAR_OPS",
     "BATCH_NORM_OPS",
+    "COMPUTE_OPS",
     "is_quantize",
     "is_dequantize",
     "storage_dtype",
@@ -76,23 +82,18 @@ BATCH_NORM_OPS = frozenset({
     aten._native_batch_norm_legit_no_training.default,
 })
 
-# torch's quantized dtypes map to the plain integer dtype the decomposed ops take
-_STORAGE = {
-    torch.quint8: torch.uint8,
-    torch.qint8: torch.int8,
-    torch.qint32: torch.int32,
-    torch.quint4x2: torch.uint8,
-}
+
+def _all_overloads(*packets: Any) -> frozenset[Any]:
+    return frozenset(getattr(p, name) for p in packets for name in p.overloads())
 
 
-def storage_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The plain integer dtype a (possibly quantized) dtype is stored in.
-
-    >>> import torch
-    >>> storage_dtype(torch.quint8), storage_dtype(torch.int8)
-    (torch.uint8, torch.int8)
-    """
-    return _STORAGE.get(dtype, dtype)
+# The compute-heavy ops (most of a model's FLOPs): the ones a "what stayed float"
+# report lists and a lowering check looks for. Matrix products in every overload.
+COMPUTE_OPS = (
+    CONV_OPS | CONV_TRANSPOSE_OPS | LINEAR_OPS
+    | _all_overloads(aten.matmul, aten.bmm, aten.mm, aten.addmm, aten.baddbmm)
+    | {aten.einsum.default, aten.scaled_dot_product_attention.default, aten.embedding.default}
+)
 
 
 def is_quantize(node: object) -> bool:

@@ -24,6 +24,7 @@ from torch.fx.node import map_arg
 
 from observers import FakeQuantizeBase, ObserverBase
 
+from .graph import copy_meta, fresh_attr_name
 from .quantizer.annotation import get_annotation
 from .quantizer.spec import EdgeOrNode
 
@@ -65,20 +66,12 @@ class _Inserter:
         self.model = model
         self.graph = model.graph
         self.obs_map = obs_map
-        self.count = 0
         # (observed node, id(observer)) -> observer node already in the graph
         self.inserted: dict[tuple[Node, int], Node] = {}
         # observer node -> the original node whose value it observes
         self.origin: dict[Node, Node] = {}
         # one submodule per observer instance, however many nodes call it
         self.module_name: dict[int, str] = {}
-
-    def _new_name(self) -> str:
-        while hasattr(self.model, f"{OBSERVER_PREFIX}{self.count}"):
-            self.count += 1
-        name = f"{OBSERVER_PREFIX}{self.count}"
-        self.count += 1
-        return name
 
     def observe(self, value: Node, obs: Any) -> Node:
         """An observer node for ``value`` using ``obs``, reusing one if already there."""
@@ -87,14 +80,12 @@ class _Inserter:
             return self.inserted[key]
         name = self.module_name.get(id(obs))
         if name is None:
-            name = self.module_name[id(obs)] = self._new_name()
+            name = self.module_name[id(obs)] = fresh_attr_name(self.model, OBSERVER_PREFIX, numbered=True)
             self.model.add_module(name, obs)
         with self.graph.inserting_after(value):
             node = self.graph.call_module(name, (value,))
         original = self.origin.get(value, value)
-        for k in ("val", "tensor_meta", "nn_module_stack", "stack_trace"):
-            if k in original.meta:
-                node.meta[k] = original.meta[k]
+        copy_meta(node, original, value=True)
         self.inserted[key] = node
         self.origin[node] = original
         return node

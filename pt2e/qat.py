@@ -30,12 +30,8 @@ from typing import Any
 import torch
 from torch.fx import GraphModule, Node
 
-from .batchnorm import (
-    folded_weight_and_bias,
-    register_folded_param,
-    replace_batch_norm,
-)
-from .capture import attr_value, remove_dead_code
+from .batchnorm import folded_weight_and_bias, replace_batch_norm
+from .graph import attr_value, batch_norm_args, copy_meta, register_constant, remove_dead_code
 from .ops import BATCH_NORM_OPS, CONV_OPS, CONV_TRANSPOSE_OPS
 from .quantizer.annotation import annotate_output_qspec, get_annotation
 
@@ -45,21 +41,8 @@ QAT_CONV_BN_KEY = "pt2e_qat_conv_bn"
 aten = torch.ops.aten
 
 
-def _bn_args(bn: Node) -> tuple[Any, Any, Any, Any, float]:
-    a: Any = bn.args
-    if bn.target == aten.batch_norm.default:
-        return a[1], a[2], a[3], a[4], float(a[7])
-    return a[1], a[2], a[3], a[4], float(a[6])
-
-
 def _is_attr(n: Any) -> bool:
     return n is None or (isinstance(n, Node) and n.op == "get_attr")
-
-
-def _copy_meta(dst: Node, src: Node) -> None:
-    for k in ("nn_module_stack", "stack_trace"):
-        if k in src.meta:
-            dst.meta[k] = src.meta[k]
 
 
 def _move_annotations(conv: Node, bn: Node, w: Node, b: Any, scaled_w: Node) -> None:
@@ -103,23 +86,25 @@ def simulate_qat_conv_bn(model: GraphModule) -> int:
             continue
         w = conv.args[1]
         b = conv.args[2] if len(conv.args) > 2 else None
-        gamma, _beta, mean, var, eps = _bn_args(bn)
-        if not all(_is_attr(n) for n in (w, b, gamma, mean, var)) or w is None:
+        a = batch_norm_args(bn)
+        gamma, mean, var, eps = a.weight, a.running_mean, a.running_var, a.eps
+        if not isinstance(w, Node) or not all(_is_attr(n) for n in (w, b, gamma, mean, var)):
             continue
-        assert isinstance(w, Node)
+        if mean is None or var is None:
+            continue  # no running statistics (track_running_stats=False): convert cannot fold
         ndim = attr_value(model, str(w.target)).dim()
         w_shape = [1] * ndim
         w_shape[out_axis] = -1
         y_shape = [1] * ndim
         y_shape[1] = -1
         with graph.inserting_before(conv):
-            rstd = graph.call_function(aten.rsqrt.default,
-                                       (graph.call_function(aten.add.Tensor, (var, eps)),))
+            var_eps = graph.call_function(aten.add.Tensor, (var, eps))
+            rstd = graph.call_function(aten.rsqrt.default, (var_eps,))
             scale = graph.call_function(aten.mul.Tensor, (gamma, rstd)) if gamma is not None else rstd
-            scaled_w = graph.call_function(
-                aten.mul.Tensor, (w, graph.call_function(aten.reshape.default, (scale, w_shape))))
-        for n in (rstd, scale, scaled_w):
-            _copy_meta(n, conv)
+            w_scale = graph.call_function(aten.reshape.default, (scale, w_shape))
+            scaled_w = graph.call_function(aten.mul.Tensor, (w, w_scale))
+        for n in (var_eps, rstd, scale, w_scale, scaled_w):
+            copy_meta(n, conv)
         args = list(conv.args)
         while len(args) < 3:
             args.append(None)
@@ -129,14 +114,15 @@ def simulate_qat_conv_bn(model: GraphModule) -> int:
             y_scale = graph.call_function(aten.reshape.default, (scale, y_shape))
         with graph.inserting_after(y_scale):
             div = graph.call_function(aten.div.Tensor, (conv, y_scale))
-        last = div
+        tail = [y_scale, div]
         if b is not None:
             with graph.inserting_after(div):
                 b_view = graph.call_function(aten.reshape.default, (b, y_shape))
             with graph.inserting_after(b_view):
-                last = graph.call_function(aten.add.Tensor, (div, b_view))
-        for n in (y_scale, div, last):
-            _copy_meta(n, conv)
+                tail += [b_view, graph.call_function(aten.add.Tensor, (div, b_view))]
+        last = tail[-1]
+        for n in tail:
+            copy_meta(n, conv)
         bn.replace_input_with(conv, last)
         _move_annotations(conv, bn, w, b, scaled_w)
         conv.meta[QAT_CONV_BN_KEY] = {
@@ -177,27 +163,29 @@ def fold_qat_conv_bn(model: GraphModule) -> int:
         if info is None or info["bn"] not in by_name:
             continue
         bn, tail, scaled_w = by_name[info["bn"]], by_name[info["tail"]], by_name[info["scaled_weight"]]
-        gamma, beta, mean, var, eps = _bn_args(bn)
+        a = batch_norm_args(bn)
         g, be, m, v = (None if n is None else attr_value(model, str(n.target))
-                       for n in (gamma, beta, mean, var))
+                       for n in (a.weight, a.bias, a.running_mean, a.running_var))
         assert m is not None and v is not None  # simulate_qat_conv_bn only records these
         w = attr_value(model, info["weight"])
         b = attr_value(model, info["bias"]) if info["bias"] else None
-        new_w, new_b = folded_weight_and_bias(w, b, g, be, m, v, eps, info["out_axis"])
-        w_name = register_folded_param(model, f"{info['weight']}_qat_folded", new_w)
-        b_name = register_folded_param(model, f"{info['weight']}_qat_folded_bias", new_b)
+        new_w, new_b = folded_weight_and_bias(w, b, g, be, m, v, a.eps, info["out_axis"])
+        w_name = register_constant(model, f"{info['weight']}_qat_folded",
+                                   new_w.detach().clone(), parameter=True)
+        b_name = register_constant(model, f"{info['weight']}_qat_folded_bias",
+                                   new_b.detach().clone(), parameter=True)
         with graph.inserting_before(scaled_w):
             w_node = graph.get_attr(w_name)
         with graph.inserting_before(conv):
             b_node = graph.get_attr(b_name)
-        _copy_meta(w_node, conv)
-        _copy_meta(b_node, conv)
+        copy_meta(w_node, conv)
+        copy_meta(b_node, conv)
         scaled_w.replace_all_uses_with(w_node)
         args = list(conv.args)
         args[2] = b_node
         conv.args = tuple(args)
         replace_batch_norm(graph, bn, conv)
-        _drop_batch_counter(graph, mean)
+        _drop_batch_counter(graph, a.running_mean)
         del tail
         conv.meta.pop(QAT_CONV_BN_KEY)
         count += 1

@@ -12,10 +12,11 @@ from typing import Any
 from torch.fx import GraphModule
 
 from .batchnorm import fold_bn_into_preceding_op
-from .capture import CONVERTED_FLAG, PREPARED_FLAG, check_exported, remove_dead_code
+from .capture import check_exported
 from .convert import duplicate_dequantize_per_user, port_dequantize_metadata, replace_observers
-from .errors import PipelineStateError
+from .errors import ArgumentTypeError, PipelineStateError
 from .fold import drop_unused_attributes, fold_constant_quantize
+from .graph import remove_dead_code
 from .prepare import insert_observers, observer_nodes
 from .qat import fold_qat_conv_bn, simulate_qat_conv_bn
 from .quantizer.base import Quantizer
@@ -26,6 +27,10 @@ from .train_eval import disallow_exported_model_train_eval
 __all__ = ["prepare_pt2e", "prepare_qat_pt2e", "convert_pt2e"]
 
 log = logging.getLogger(__name__)
+
+# model.meta keys recording how far along the pipeline a model is
+PREPARED_FLAG = "_pt2e_prepared"
+CONVERTED_FLAG = "_pt2e_converted"
 
 
 def _check_not_prepared(model: GraphModule, where: str) -> None:
@@ -45,8 +50,10 @@ def _prepare(model: Any, quantizer: Quantizer, is_qat: bool) -> GraphModule:
     where = "prepare_qat_pt2e" if is_qat else "prepare_pt2e"
     model = check_exported(model, where)
     if not isinstance(quantizer, Quantizer) and not callable(getattr(quantizer, "annotate", None)):
-        raise TypeError(
-            f"{where} expects a Quantizer as its second argument, got {type(quantizer).__name__}"
+        raise ArgumentTypeError(
+            f"{where} expects a Quantizer as its second argument, got {type(quantizer).__name__}; "
+            "pass an instance of a pt2e.quantizer.Quantizer subclass (or any object with an "
+            "annotate(model) method)"
         )
     _check_not_prepared(model, where)
     original_meta = dict(model.meta)
@@ -152,7 +159,7 @@ def convert_pt2e(
     for name, value in (("use_reference_representation", use_reference_representation),
                         ("fold_quantize", fold_quantize)):
         if not isinstance(value, bool):
-            raise TypeError(f"convert_pt2e({name}={value!r}): expected True or False")
+            raise ArgumentTypeError(f"convert_pt2e({name}={value!r}): expected True or False")
     model = check_exported(model, "convert_pt2e")
     if model.meta.get(CONVERTED_FLAG):
         raise PipelineStateError("convert_pt2e got a model that is already converted")

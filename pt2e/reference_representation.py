@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from torch.fx import GraphModule, Node
 
-from .capture import remove_dead_code
 from .fold import constant_value
+from .graph import copy_meta, remove_dead_code
 from .ops import QD
 
 __all__ = ["rewrite_to_reference_representation"]
@@ -48,14 +48,21 @@ def _static_dq_per_tensor(node: Any) -> bool:
     return isinstance(node, Node) and node.target == QD.dequantize_per_tensor.default
 
 
+def _inherit_meta(node: Node, anchor: Node) -> None:
+    """Give the nodes just inserted between ``anchor`` and ``node`` ``node``'s provenance."""
+    n = node.prev
+    while n is not anchor:
+        copy_meta(n, node)
+        n = n.prev
+
+
 def _rewrite_linear(model: GraphModule, lin: Node) -> bool:
     """Integer linear for ``dq(x) , dq(w) -> linear``; returns whether it rewrote."""
     graph = model.graph
     x_dq, w_dq = lin.args[0], lin.args[1]
     bias = lin.args[2] if len(lin.args) > 2 else None
-    if not _static_dq_per_tensor(x_dq) or not isinstance(w_dq, Node):
+    if not isinstance(x_dq, Node) or not _static_dq_per_tensor(x_dq) or not isinstance(w_dq, Node):
         return False
-    assert isinstance(x_dq, Node)
     w_q = w_dq.args[0]
     if w_dq.target == QD.dequantize_per_channel.default:
         w_value = constant_value(model, w_q)  # type: ignore[arg-type]
@@ -68,6 +75,7 @@ def _rewrite_linear(model: GraphModule, lin: Node) -> bool:
     else:
         return False
     x_q, x_scale, x_zp = x_dq.args[0], float(x_dq.args[1]), int(x_dq.args[2])  # type: ignore[arg-type]
+    anchor = lin.prev
     with graph.inserting_before(lin):
         x_i = _call(graph, aten.sub.Tensor, _to(graph, x_q, torch.int32), x_zp)
         w_i = _to(graph, w_q, torch.int32)
@@ -77,8 +85,7 @@ def _rewrite_linear(model: GraphModule, lin: Node) -> bool:
         out = _call(graph, aten.mul.Tensor, _to(graph, acc, torch.float32), scale)
         if bias is not None:
             out = _call(graph, aten.add.Tensor, out, bias)
-    for n in (x_i, w_i, acc, out):
-        n.meta.update({k: lin.meta[k] for k in ("nn_module_stack", "stack_trace") if k in lin.meta})
+    _inherit_meta(lin, anchor)
     lin.replace_all_uses_with(out)
     graph.erase_node(lin)
     return True
@@ -87,6 +94,7 @@ def _rewrite_linear(model: GraphModule, lin: Node) -> bool:
 def _rewrite_qdq(model: GraphModule, node: Node) -> bool:
     graph = model.graph
     t = node.target
+    anchor = node.prev
     with graph.inserting_before(node):
         if t == QD.quantize_per_tensor.default:
             x, s, zp, qmin, qmax, dtype = node.args[:6]
@@ -110,7 +118,7 @@ def _rewrite_qdq(model: GraphModule, node: Node) -> bool:
             new = _call(graph, aten.mul.Tensor, diff, _channel_view(graph, s, axis, ndim))  # type: ignore[arg-type]
         else:
             return False
-    new.meta.update({k: node.meta[k] for k in ("nn_module_stack", "stack_trace") if k in node.meta})
+    _inherit_meta(node, anchor)
     node.replace_all_uses_with(new)
     graph.erase_node(node)
     return True

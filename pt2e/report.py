@@ -1,44 +1,200 @@
-"""A readable summary of what a converted model runs in integer and what stayed float."""
+"""One report type for "what runs in int8 and what stayed float", by name.
+
+Every stage that can say which operators run on integer kernels says it with a
+:class:`Report` of :class:`OpRecord` s: the quantizer (what it left float),
+:func:`quantization_report` (the converted graph), and each lowering (the
+kernels Inductor generated, the operators ExecuTorch delegated). Subclasses keep
+their own extra fields and printed format; every one of them can be counted,
+filtered and serialised the same way.
+
+>>> r = Report(title="toy backend", records=(
+...     OpRecord(node="fc", op="aten.linear.default", precision="int8", module="net.0"),
+...     OpRecord(node="head", op="aten.linear.default", precision="float",
+...              module="net.2", reason="skipped by the config"),
+... ))
+>>> print(r)
+toy backend
+  fc (aten.linear.default in 'net.0')
+  head (aten.linear.default in 'net.2'): skipped by the config
+>>> r.count("linear"), r.count("linear", precision="int8"), len(r.float_records)
+(2, 1, 1)
+"""
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 from torch.fx import GraphModule, Node
 
-from .capture import describe_node
-from .ops import CONV_OPS, CONV_TRANSPOSE_OPS, LINEAR_OPS, is_dequantize, is_quantize
+from .errors import ArgumentValueError
+from .graph import module_path
+from .ops import COMPUTE_OPS, is_dequantize, is_quantize
 
-__all__ = ["QuantizationReport", "quantization_report"]
+__all__ = ["OpRecord", "Report", "QuantizationReport", "quantization_report"]
 
-_COMPUTE = CONV_OPS | CONV_TRANSPOSE_OPS | LINEAR_OPS
-
-
-def _compute_op(node: Node) -> bool:
-    name = str(node.target)
-    return node.target in _COMPUTE or name.split(".")[1:2] in (["matmul"], ["bmm"], ["mm"],
-                                                               ["addmm"], ["baddbmm"])
+INT8 = "int8"
 
 
-@dataclass
-class QuantizationReport:
-    """Counts of q/dq ops, and the compute ops (conv, linear, matmul) by input precision.
+@dataclass(frozen=True, kw_only=True)
+class OpRecord:
+    """One operator (a graph node, a runtime layer or a kernel call) and its precision.
 
-    A compute op counts as quantized when every tensor input comes from a dequantize.
+    ``precision`` is ``"int8"`` for any integer kernel (u8, i8, int4...), otherwise
+    ``"float"`` or the float dtype (``"f32"``). ``reason`` says why it stayed float.
+    ``count`` folds identical records (the same kernel called several times).
+
+    >>> print(OpRecord(node="mm", op="extern_kernels.mm", precision="float", count=3))
+    mm (extern_kernels.mm) x3
     """
 
-    quantize: int = 0
-    dequantize: int = 0
-    quantized_ops: Counter[str] = field(default_factory=Counter)
-    float_ops: list[str] = field(default_factory=list)
+    node: str
+    op: str
+    precision: str
+    module: str = ""
+    reason: str = ""
+    count: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.precision:
+            raise ArgumentValueError(
+                f"OpRecord(node={self.node!r}): precision is empty; pass \"int8\" for an integer "
+                "kernel, otherwise \"float\" (or the float dtype, e.g. \"f32\")"
+            )
+        if not isinstance(self.count, int) or self.count < 1:
+            raise ArgumentValueError(
+                f"OpRecord(node={self.node!r}): count={self.count!r}; pass how many identical "
+                "operators this record stands for (an int >= 1)"
+            )
+
+    @property
+    def is_int8(self) -> bool:
+        """Whether this operator ran on an integer kernel."""
+        return self.precision == INT8
 
     def __str__(self) -> str:
+        where = f" in '{self.module}'" if self.module else ""
+        text = f"{self.node} ({self.op}{where})"
+        if self.reason:
+            text += f": {self.reason}"
+        if self.count > 1:
+            text += f" x{self.count}"
+        return text
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, OpRecord):
+        return {"type": type(value).__name__, **asdict(value)}
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+@dataclass(frozen=True, kw_only=True)
+class Report:
+    """A titled list of :class:`OpRecord` s: what ran in int8, what stayed float, and why.
+
+    >>> r = Report(title="t", records=(OpRecord(node="a", op="aten.mm.default", precision="int8"),))
+    >>> r.to_dict()["records"][0]["precision"]
+    'int8'
+    """
+
+    title: str
+    records: tuple[OpRecord, ...] = ()
+
+    @property
+    def int8_records(self) -> tuple[OpRecord, ...]:
+        """The records of operators that ran on integer kernels."""
+        return tuple(r for r in self.records if r.is_int8)
+
+    @property
+    def float_records(self) -> tuple[OpRecord, ...]:
+        """The records of operators that stayed float."""
+        return tuple(r for r in self.records if not r.is_int8)
+
+    def count(self, op: str | None = None, *, precision: str | None = None) -> int:
+        """How many operators (summing ``count``) whose ``op`` contains ``op``, of ``precision``."""
+        return sum(
+            r.count for r in self.records
+            if (op is None or op in r.op) and (precision is None or r.precision == precision)
+        )
+
+    def summary(self) -> str:
+        """The title, then one indented line per record."""
+        return "\n".join([self.title] + ["  " + str(r) for r in self.records])
+
+    def __str__(self) -> str:
+        return self.summary()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field (records included) as plain JSON-able values, plus the report's type."""
+        out: dict[str, Any] = {"type": type(self).__name__}
+        for f in fields(self):
+            out[f.name] = _jsonable(getattr(self, f.name))
+        return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class QuantizationReport(Report):
+    """Counts of q/dq ops, and the compute ops (conv, linear, matmul...) by input precision.
+
+    A compute op (:data:`pt2e.ops.COMPUTE_OPS`) counts as quantized when every
+    floating-point tensor among its first two inputs comes from a dequantize.
+    ``quantized_ops`` and ``float_ops`` are views of :attr:`records`.
+    """
+
+    title: str = ""
+    quantize: int = 0
+    dequantize: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.title:
+            object.__setattr__(
+                self, "title", f"quantize ops: {self.quantize}, dequantize ops: {self.dequantize}"
+            )
+
+    @property
+    def quantized_ops(self) -> Counter[str]:
+        """How many compute ops of each operator take dequantized inputs."""
+        counts: Counter[str] = Counter()
+        for r in self.int8_records:
+            counts[r.op] += r.count
+        return counts
+
+    @property
+    def float_ops(self) -> list[str]:
+        """One description per compute op left in float (node, operator, module path)."""
+        return [
+            f"node '{r.node}' (call_function {r.op}" + (f", module '{r.module}')" if r.module else ")")
+            for r in self.float_records
+        ]
+
+    def summary(self) -> str:
         lines = [f"quantize ops: {self.quantize}, dequantize ops: {self.dequantize}"]
         lines += [f"  int8 {op}: {n}" for op, n in sorted(self.quantized_ops.items())]
-        lines.append(f"compute ops left in float: {len(self.float_ops)}")
-        lines += [f"  {d}" for d in self.float_ops]
+        float_ops = self.float_ops
+        lines.append(f"compute ops left in float: {len(float_ops)}")
+        lines += [f"  {d}" for d in float_ops]
         return "\n".join(lines)
+
+
+def _is_float_tensor(node: Node) -> bool:
+    val = node.meta.get("val")
+    dtype = getattr(val, "dtype", None)
+    # no metadata: assume a float activation (the conservative answer for a report)
+    return dtype is None or dtype.is_floating_point
+
+
+def _float_inputs(node: Node) -> list[Node] | None:
+    """The float tensor inputs (of the first two) not produced by a dequantize; ``None`` if
+    the op has no tensor input at all."""
+    tensors = [a for a in node.args[:2] if isinstance(a, Node)]
+    if not tensors:
+        return None
+    return [a for a in tensors if not is_dequantize(a) and _is_float_tensor(a)]
 
 
 def quantization_report(model: GraphModule) -> QuantizationReport:
@@ -56,22 +212,37 @@ def quantization_report(model: GraphModule) -> QuantizationReport:
     ...         x = QD.dequantize_per_tensor.default(q, 0.1, 0, -128, 127, torch.int8)
     ...         return self.out(self.fc(x))
     >>> gm = torch.export.export(M(), (torch.randn(1, 4),)).module()
-    >>> print(quantization_report(gm))
+    >>> report = quantization_report(gm)
+    >>> print(report)
     quantize ops: 1, dequantize ops: 1
     compute ops left in float: 2
       node 'linear' (call_function aten.linear.default, module 'fc')
       node 'linear_1' (call_function aten.linear.default, module 'out')
+    >>> print(report.float_records[1])
+    linear_1 (aten.linear.default in 'out'): float input 'linear', 'out_weight' (not from a dequantize)
     """
-    report = QuantizationReport()
+    quantize = dequantize = 0
+    records: list[OpRecord] = []
     for node in model.graph.nodes:
         if is_quantize(node):
-            report.quantize += 1
+            quantize += 1
         elif is_dequantize(node):
-            report.dequantize += 1
-        elif node.op == "call_function" and _compute_op(node):
-            tensor_inputs = [a for a in node.args[:2] if isinstance(a, Node)]
-            if tensor_inputs and all(is_dequantize(a) for a in tensor_inputs):
-                report.quantized_ops[str(node.target)] += 1
+            dequantize += 1
+        elif node.op == "call_function" and node.target in COMPUTE_OPS:
+            float_inputs = _float_inputs(node)
+            op, module = str(node.target), module_path(node)
+            if float_inputs == []:
+                records.append(OpRecord(node=node.name, op=op, precision=INT8, module=module))
             else:
-                report.float_ops.append(describe_node(node))
-    return report
+                records.append(OpRecord(
+                    node=node.name, op=op, precision="float", module=module,
+                    reason=_float_reason(node, float_inputs),
+                ))
+    return QuantizationReport(quantize=quantize, dequantize=dequantize, records=tuple(records))
+
+
+def _float_reason(node: Node, float_inputs: list[Node] | None) -> str:
+    if not float_inputs:
+        return "no tensor input"
+    names = ", ".join(f"'{a.name}'" for a in float_inputs)
+    return f"float input {names} (not from a dequantize)"

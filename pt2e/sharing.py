@@ -35,10 +35,10 @@ import torch
 from torch.fx import GraphModule, Node
 
 from observers import DerivedObserverOrFakeQuantize, FixedQParamsFakeQuantize, FixedQParamsObserver
+from observers.facts import int_range, storage_dtype
 
-from .capture import describe_node
 from .errors import AnnotationError
-from .ops import storage_dtype
+from .graph import describe_node
 from .quantizer.annotation import get_annotation
 from .quantizer.spec import EdgeOrNode, SpecKind, spec_kind
 
@@ -244,8 +244,10 @@ def _observed_kwargs(spec: Any) -> dict[str, Any]:
 
 
 def _dtype_range(dtype: torch.dtype) -> tuple[int, int]:
-    info = torch.iinfo(storage_dtype(dtype))
-    return int(info.min), int(info.max)
+    bounds = int_range(storage_dtype(dtype))
+    if bounds is None:  # FixedQParamsQuantizationSpec only takes integer dtypes
+        raise AnnotationError(f"fixed qparams need an integer dtype, got dtype={dtype}")
+    return bounds
 
 
 def create_observers(

@@ -4,7 +4,8 @@ Each function writes annotations only through :mod:`pt2e.quantizer`'s accessors.
 An :class:`AnnotationContext` travels through one ``annotate`` call; it remembers
 which nodes end a quantized pattern (so ops that merely move int8 data, such as
 pooling, ``cat`` and reshapes, are quantized only when their input already is)
-and collects the compute ops that stay float for :func:`unquantized_compute_ops`.
+and :func:`unquantized_compute_ops` lists the compute ops that stay float as
+:class:`~pt2e.report.OpRecord` s.
 
 >>> import torch
 >>> from observers import MinMaxObserver
@@ -25,9 +26,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from torch.fx import Graph, Node
 
+from pt2e.graph import module_path
 from pt2e.quantizer import (
     QuantizationConfig,
     SharedQuantizationSpec,
@@ -40,8 +43,8 @@ from pt2e.quantizer import (
     get_weight_qspec,
     is_annotated,
     mark_annotated,
-    module_stack,
 )
+from pt2e.report import OpRecord
 
 from .patterns import (
     CAT_OPS,
@@ -55,11 +58,11 @@ from .patterns import (
 
 __all__ = [
     "AnnotationContext",
-    "UnquantizedOp",
     "annotate_weighted_op",
     "annotate_weighted_pattern",
     "annotate_all_tensor_inputs",
     "annotate_shared_qparams_op",
+    "has_quantized_output",
     "mark_not_quantized",
     "is_quantized_node",
     "unquantized_compute_ops",
@@ -72,20 +75,6 @@ class AnnotationContext:
 
     quantized_outputs: set[Node] = field(default_factory=set)
     """Nodes that end a quantized pattern; their consumers may stay in int8."""
-
-
-@dataclass(frozen=True)
-class UnquantizedOp:
-    """A compute op left in float, and why (see :func:`unquantized_compute_ops`)."""
-
-    node: str
-    op: str
-    module: str
-    reason: str
-
-    def __str__(self) -> str:
-        where = f" in '{self.module}'" if self.module else ""
-        return f"{self.node} ({self.op}{where}): {self.reason}"
 
 
 def annotate_weighted_op(node: Node, config: QuantizationConfig) -> None:
@@ -145,46 +134,67 @@ def annotate_all_tensor_inputs(node: Node, config: QuantizationConfig, ctx: Anno
     if act is None:
         return False
     for arg in node.args:
-        if is_tensor_node(arg):
-            assert isinstance(arg, Node)
+        if isinstance(arg, Node) and is_tensor_node(arg):
             annotate_input_qspec_map(node, arg, act)
     mark_annotated([node])
     ctx.quantized_outputs.add(node)
     return True
 
 
+def has_quantized_output(node: object) -> bool:
+    """Whether ``node`` is claimed and its output carries a quantization spec."""
+    ann = get_annotation(node) if isinstance(node, Node) else None
+    return bool(isinstance(node, Node) and is_annotated(node)
+                and getattr(ann, "output_qspec", None) is not None)
+
+
 def annotate_shared_qparams_op(
     node: Node,
-    config: QuantizationConfig,
+    config: QuantizationConfig | None,
     ctx: AnnotationContext,
     *,
+    share_producer: bool = False,
     int8_consumers: frozenset | None = None,
 ) -> bool:
-    """Keep an int8-preserving op (pool, ``cat``, reshape) in int8 when its input already is.
+    """Keep an int8-preserving op (pool, ``cat``, reshape, clamp) in int8 when its input already is.
 
-    The first input edge gets the activation spec; every other input and the
-    output share its observer, so input and output carry identical qparams and the
-    backend can run the op on int8 data (``dequantize -> maxpool -> quantize``
-    becomes an int8 maxpool). Reshape-type ops are claimed only when one of their
-    users is in ``int8_consumers`` (or they have no user), otherwise a float op
-    would pay for a useless quantize/dequantize pair.
+    The one mechanism for ops that reuse their input's qparams. Input and output
+    land in one sharing group, so they carry identical qparams and the backend runs
+    the op on int8 data (``dequantize -> maxpool -> quantize`` becomes an int8 maxpool).
+    Two ways to know "the input already is int8":
 
-    Returns whether ``node`` was annotated.
+    * ``share_producer=False`` (x86): the input ends a fused pattern in this
+      annotation (``ctx.quantized_outputs``), whose output the consumer quantizes; the
+      first input edge is observed with ``config``'s activation spec;
+    * ``share_producer=True`` (XNNPACK, run as a ``propagate`` row, ``config`` unused):
+      the producer's output is already annotated; the input edge shares it.
+
+    Every other input (``cat``) and the output share that first edge. Reshape-type
+    ops are claimed only when one of their users is in ``int8_consumers`` (or they
+    have no user), otherwise a float op would pay for a useless quantize/dequantize
+    pair. Returns whether ``node`` was annotated.
     """
-    act = get_input_act_qspec(config)
-    if act is None or is_annotated(node):
+    if is_annotated(node):
         return False
     inputs = node.args[0] if node.target in CAT_OPS else [node.args[0]]
     if not isinstance(inputs, (list, tuple)) or not inputs:
         return False
-    if not all(isinstance(i, Node) and i in ctx.quantized_outputs for i in inputs):
+    first = inputs[0]
+    if not isinstance(first, Node):
         return False
+    in_spec: Any
+    if share_producer:
+        if not all(has_quantized_output(i) for i in inputs):
+            return False
+        in_spec = SharedQuantizationSpec(first)
+    else:
+        in_spec = get_input_act_qspec(config)
+        if in_spec is None or not all(isinstance(i, Node) and i in ctx.quantized_outputs for i in inputs):
+            return False
     if node.target in RESHAPE_OPS and node.users and int8_consumers is not None:
         if not any(u.target in int8_consumers for u in node.users):
             return False
-    first = inputs[0]
-    assert isinstance(first, Node)
-    annotate_input_qspec_map(node, first, act)
+    annotate_input_qspec_map(node, first, in_spec)
     shared = SharedQuantizationSpec((first, node))
     for other in inputs[1:]:
         if other is not first and isinstance(other, Node):
@@ -207,7 +217,9 @@ def is_quantized_node(node: Node) -> bool:
     return any(spec is not None for spec in qmap.values())
 
 
-def _reason(node: Node, hints: dict) -> str:
+def _reason(node: Node, hints: dict, backend_reasons: dict[Node, str]) -> str:
+    if node in backend_reasons:
+        return backend_reasons[node]
     if is_annotated(node):
         return "excluded by a None quantization config"
     for ops, hint in hints.items():
@@ -219,19 +231,21 @@ def _reason(node: Node, hints: dict) -> str:
 
 
 def unquantized_compute_ops(
-    graph: Graph, hints: dict[frozenset, str] | None = None
-) -> list[UnquantizedOp]:
+    graph: Graph,
+    hints: dict[frozenset, str] | None = None,
+    backend_reasons: dict[Node, str] | None = None,
+) -> list[OpRecord]:
     """Compute-heavy ops (conv, linear, matmul, attention...) that no annotation quantized.
 
+    ``backend_reasons`` gives the backend's reason for single nodes it refused;
     ``hints`` maps op sets to the reason a backend gives for them (e.g. "matmuls
     are opt-in"); otherwise a generic reason is given.
     """
     out = []
     for n in graph.nodes:
         if n.op == "call_function" and n.target in COMPUTE_OPS and not is_quantized_node(n):
-            stack = module_stack(n)
-            out.append(UnquantizedOp(
-                node=n.name, op=str(n.target), module=stack[-1][0] if stack else "",
-                reason=_reason(n, hints or {}),
+            out.append(OpRecord(
+                node=n.name, op=str(n.target), precision="float", module=module_path(n),
+                reason=_reason(n, hints or {}, backend_reasons or {}),
             ))
     return out

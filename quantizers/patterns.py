@@ -37,6 +37,7 @@ import torch
 from torch.fx import Graph, Node
 
 from pt2e import ops
+from pt2e.errors import AnnotationError, ArgumentValueError
 
 __all__ = [
     "ADD_OPS",
@@ -87,12 +88,8 @@ CAT_OPS = frozenset({aten.cat.default})
 RESHAPE_OPS = frozenset({
     aten.flatten.using_ints, aten.reshape.default, aten.view.default,
 })
-# ops worth reporting when they stay float: they carry most of a model's FLOPs
-COMPUTE_OPS = CONV_OPS | LINEAR_OPS | MATMUL_OPS | frozenset({
-    aten.conv3d.default, aten.conv_transpose1d.default, aten.conv_transpose2d.input,
-    aten.addmm.default, aten.baddbmm.default, aten.einsum.default,
-    aten.scaled_dot_product_attention.default, aten.embedding.default,
-})
+# ops worth reporting when they stay float (they carry most of a model's FLOPs): pt2e.ops' fact
+COMPUTE_OPS = ops.COMPUTE_OPS
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -116,6 +113,9 @@ class Pattern:
     ``default``: the row applies under the global config; other rows (e.g.
     attention matmuls) apply only when a module-name or operator-type config asks.
     ``dynamic``: the row applies to dynamic (runtime-qparams) configs too.
+    ``propagate``: the row is not tried per config stage but once after all of them,
+    in graph order, with no config: ops that reuse their producer's qparams (see
+    :func:`quantizers.annotators.annotate_shared_qparams_op`).
     """
 
     name: str
@@ -125,6 +125,7 @@ class Pattern:
     chain: tuple[Step, ...] = ()
     default: bool = True
     dynamic: bool = False
+    propagate: bool = False
 
 
 @dataclass
@@ -181,7 +182,10 @@ def weighted_op_parts(node: Node) -> tuple[Node, Node, Node | None]:
     x, w = node.args[0], node.args[1]
     b = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
     if not isinstance(x, Node) or not isinstance(w, Node):
-        raise TypeError(f"{node.name} ({node.target}) has non-node input or weight: {node.args[:2]}")
+        raise AnnotationError(
+            f"{node.name} ({node.target}) has a non-node input or weight {node.args[:2]}; "
+            "a conv/linear pattern needs both to be graph nodes"
+        )
     return x, w, b if isinstance(b, Node) else None
 
 
@@ -231,15 +235,21 @@ class PatternTable:
         chain: tuple[Step, ...] = (),
         default: bool = True,
         dynamic: bool = False,
+        propagate: bool = False,
     ) -> Callable[[Annotator], Annotator]:
-        """Decorator: add a row whose annotator is the decorated function (returned unchanged)."""
+        """Decorator: add a row whose annotator is the decorated function (returned unchanged).
+
+        Decorators stack, so one annotator can serve several rows.
+        """
         if any(p.name == name for p in self._rows):
-            raise ValueError(f"pattern {name!r} is already registered; pattern names must be unique")
+            raise ArgumentValueError(
+                f"pattern {name!r} is already registered in this table; pattern names must be unique"
+            )
 
         def deco(fn: Annotator) -> Annotator:
             self._rows.append(Pattern(
                 name=name, anchor=anchor, annotator=fn, priority=priority, chain=chain,
-                default=default, dynamic=dynamic,
+                default=default, dynamic=dynamic, propagate=propagate,
             ))
             return fn
 
@@ -273,13 +283,16 @@ class PatternTable:
         table._rows = [row for row in map(change, self._rows) if row is not None]
         return table
 
-    def matches(self, graph: Graph) -> Iterator[Match]:
+    def matches(self, graph: Graph, *, propagating: bool = False) -> Iterator[Match]:
         """Every match, row by row in priority order, nodes in graph order.
 
+        ``propagating`` selects the ``propagate=True`` rows instead of the others.
         Lazy on purpose: a caller that annotates a match before asking for the next
         one sees its own claims (e.g. through ``any_annotated``).
         """
         for pattern in self:
+            if pattern.propagate != propagating:
+                continue
             for node in list(graph.nodes):
                 if node.op == "call_function" and node.target in pattern.anchor:
                     m = _match_chain(node, pattern)

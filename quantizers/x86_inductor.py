@@ -2,8 +2,9 @@
 
 Same public API as ``torchao.quantization.pt2e.quantizer.X86InductorQuantizer``
 (``set_global``, ``set_module_type_qconfig``, ``set_module_name_qconfig``,
-``set_function_type_qconfig``; precedence module name > operator type > global),
-written as a pattern table. Deliberate differences from torchao, all tested:
+``set_function_type_qconfig``; precedence module name > operator type > global, as
+stated in :mod:`quantizers.engine`), written as a pattern table on the shared engine:
+:data:`X86_PATTERNS` plus :func:`get_default_x86_inductor_quantization_config`. Deliberate differences from torchao, all tested:
 
 * patterns match ATen node structure, not source partitions, so a module
   instance called twice (one ``self.relu`` per ResNet block) annotates under
@@ -11,9 +12,10 @@ written as a pattern table. Deliberate differences from torchao, all tested:
   ``nn.TransformerEncoderLayer`` (``F.linear`` calls) are quantized;
 * the dynamic config quantizes ``linear`` only (dynamically quantized convs lose
   accuracy, pytorch/ao#4292);
-* mixing QAT/PTQ or static/dynamic configs, or naming a module/function type the
+* mixing static and dynamic configs, or naming a module/function type the
   quantizer does not know, raises :class:`~pt2e.errors.QuantizationConfigError`
-  instead of warning and ignoring the call;
+  instead of warning and ignoring the call (QAT and PTQ configs may be mixed: under
+  ``prepare_qat_pt2e`` the PTQ parts get observers, which calibrate while training);
 * ops left float are listed by :meth:`X86InductorQuantizer.report`;
 * importing this module changes no ``torch._inductor`` setting.
 
@@ -30,43 +32,26 @@ written as a pattern table. Deliberate differences from torchao, all tested:
 
 from __future__ import annotations
 
-import copy
 import functools
-import logging
 from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.fx import GraphModule, Node
+from torch.fx import Node
 
-from observers import (
-    FakeQuantize,
-    FusedMovingAvgObsFakeQuantize,
-    HistogramObserver,
-    MovingAverageMinMaxObserver,
-    MovingAveragePerChannelMinMaxObserver,
-    PerChannelMinMaxObserver,
-    PlaceholderObserver,
-)
+from pt2e.cpu import cpu_has_vnni
 from pt2e.errors import QuantizationConfigError
-from pt2e.quantizer import (
-    QuantizationConfig,
-    QuantizationSpec,
-    Quantizer,
-    any_annotated,
-    get_module_name_filter,
-)
+from pt2e.quantizer import QuantizationConfig, QuantizationSpec
+from pt2e.report import Report
 
 from .annotators import (
     AnnotationContext,
-    UnquantizedOp,
     annotate_all_tensor_inputs,
     annotate_shared_qparams_op,
     annotate_weighted_pattern,
-    mark_not_quantized,
-    unquantized_compute_ops,
 )
+from .engine import TableQuantizer, activation_observer, is_dynamic_config, weight_observer
 from .patterns import (
     ADD_OPS,
     BATCH_NORM_OPS,
@@ -92,8 +77,8 @@ __all__ = [
     "X86_PATTERNS",
 ]
 
-log = logging.getLogger(__name__)
 aten = torch.ops.aten
+_EPS = 2**-12  # the smallest scale oneDNN's requantization handles well
 
 
 def x86_needs_reduce_range() -> bool:
@@ -106,8 +91,7 @@ def x86_needs_reduce_range() -> bool:
     >>> isinstance(x86_needs_reduce_range(), bool)
     True
     """
-    is_vnni = getattr(torch.cpu, "_is_vnni_supported", None)
-    return is_vnni is not None and not is_vnni()
+    return not cpu_has_vnni()
 
 
 @functools.lru_cache
@@ -129,39 +113,21 @@ def get_default_x86_inductor_quantization_config(
     >>> get_default_x86_inductor_quantization_config(is_dynamic=True).input_activation.is_dynamic
     True
     """
-    extra: dict[str, Any] = {"eps": 2**-12}
-    act_ctr: Any
-    if is_qat and is_dynamic:
-        act_ctr = FakeQuantize.with_args(
-            observer=MovingAverageMinMaxObserver.with_args(averaging_constant=1), **extra
-        )
-    elif is_qat:
-        act_ctr = FusedMovingAvgObsFakeQuantize.with_args(**extra)
-    elif is_dynamic:
-        act_ctr = PlaceholderObserver.with_args(**extra)
-    else:
-        act_ctr = HistogramObserver.with_args(**extra)
     act = QuantizationSpec(
         dtype=torch.uint8,
         quant_min=0,
         quant_max=127 if reduce_range else 255,
         qscheme=torch.per_tensor_affine,
         is_dynamic=is_dynamic,
-        observer_or_fake_quant_ctr=act_ctr,
+        observer_or_fake_quant_ctr=activation_observer(is_qat=is_qat, is_dynamic=is_dynamic, eps=_EPS),
     )
-    if is_qat:
-        w_ctr = FusedMovingAvgObsFakeQuantize.with_args(
-            observer=MovingAveragePerChannelMinMaxObserver, **extra
-        )
-    else:
-        w_ctr = PerChannelMinMaxObserver.with_args(**extra)
     weight = QuantizationSpec(
         dtype=torch.int8,
         quant_min=-128,
         quant_max=127,
         qscheme=torch.per_channel_symmetric,
         ch_axis=0,
-        observer_or_fake_quant_ctr=w_ctr,
+        observer_or_fake_quant_ctr=weight_observer(is_qat=is_qat, per_channel=True, eps=_EPS),
     )
     return QuantizationConfig(act, act, weight, None, is_qat)
 
@@ -184,7 +150,7 @@ def _fused(*, quantize_binary_input: bool) -> Callable[[Match, QuantizationConfi
         qat_bn = config.is_qat and "bn" in match.roles
         annotate_weighted_pattern(
             match, config, ctx,
-            quantize_binary_input=quantize_binary_input and not _is_dynamic(config),
+            quantize_binary_input=quantize_binary_input and not is_dynamic_config(config),
             annotate_output=qat_bn,
         )
 
@@ -233,8 +199,7 @@ def _annotate_matmul(match: Match, config: QuantizationConfig, ctx: AnnotationCo
 @X86_PATTERNS.register(name="mul", anchor=frozenset({aten.mul.Tensor}), priority=20)
 def _annotate_mul(match: Match, config: QuantizationConfig, ctx: AnnotationContext) -> None:
     a, b = (match.anchor.args + (None, None))[:2]
-    if is_tensor_node(a) and is_tensor_node(b):
-        assert isinstance(a, Node) and isinstance(b, Node)
+    if isinstance(a, Node) and isinstance(b, Node) and is_tensor_node(a) and is_tensor_node(b):
         if a.meta["val"].shape == b.meta["val"].shape:
             annotate_all_tensor_inputs(match.anchor, config, ctx)
 
@@ -242,11 +207,6 @@ def _annotate_mul(match: Match, config: QuantizationConfig, ctx: AnnotationConte
 @X86_PATTERNS.register(name="int8_passthrough", anchor=POOL_OPS | CAT_OPS | RESHAPE_OPS, priority=10)
 def _annotate_passthrough(match: Match, config: QuantizationConfig, ctx: AnnotationContext) -> None:
     annotate_shared_qparams_op(match.anchor, config, ctx, int8_consumers=_INT8_CONSUMERS)
-
-
-def _is_dynamic(config: QuantizationConfig | None) -> bool:
-    act = None if config is None else config.input_activation
-    return bool(act is not None and act.is_dynamic)
 
 
 # module/function type -> the ATen ops it exports to (torchao's mapping, plus conv1d and bmm)
@@ -271,30 +231,7 @@ _REASONS = {
     frozenset({aten.scaled_dot_product_attention.default}): "no int8 SDPA kernel in Inductor",
 }
 
-MatchFilter = Callable[[Match], bool]
-
-
-def _in_module(name: str) -> MatchFilter:
-    in_module = get_module_name_filter(name)
-
-    def selected(match: Match) -> bool:
-        return all(in_module(n) for n in match.nodes)
-
-    return selected
-
-
-def _anchored_at(ops: frozenset[Any]) -> MatchFilter:
-    def selected(match: Match) -> bool:
-        return match.anchor.target in ops
-
-    return selected
-
-
-def _default_pattern(match: Match) -> bool:
-    return match.pattern.default
-
-
-class X86InductorQuantizer(Quantizer):
+class X86InductorQuantizer(TableQuantizer):
     """Annotate an exported model for int8 inference through Inductor on x86 (oneDNN).
 
     >>> import torch
@@ -308,38 +245,38 @@ class X86InductorQuantizer(Quantizer):
 
     # the pattern table is the backend: a quantizer that differs only in its rows
     # (XPUInductorQuantizer) sets another table here
-    patterns: PatternTable = X86_PATTERNS
+    patterns = X86_PATTERNS
+    float_reasons = _REASONS
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.global_config: QuantizationConfig | None = None
-        self.operator_type_qconfig: dict[frozenset[Any], QuantizationConfig | None] = {}
-        self.module_name_qconfig: dict[str, QuantizationConfig | None] = {}
-        self.unquantized_ops: list[UnquantizedOp] = []
+    # torchao's attribute names for the engine's config dicts
+    @property
+    def module_name_qconfig(self) -> dict[str, QuantizationConfig | None]:
+        return self.module_name_config
+
+    @property
+    def operator_type_qconfig(self) -> dict[Any, QuantizationConfig | None]:
+        return self.operator_type_config
 
     # --- configuration (torchao-compatible) ---------------------------------------------------
 
-    def _check_mode(self, config: QuantizationConfig | None, where: str) -> None:
-        if config is None:
+    def check_config(self, config: QuantizationConfig | None, where: str) -> None:
+        """Refuse a config whose static/dynamic mode differs from those already set.
+
+        QAT and PTQ configs may be mixed (e.g. fine-tune one block, calibrate the rest):
+        under prepare_qat_pt2e the PTQ parts get observers, which calibrate while training.
+        """
+        if config is None or config.input_activation is None:
             return
-        others = [c for c in (
-            [self.global_config, *self.module_name_qconfig.values(), *self.operator_type_qconfig.values()]
-        ) if c is not None]
-        # QAT and PTQ configs may be mixed (e.g. fine-tune one block, calibrate the rest):
-        # under prepare_qat_pt2e the PTQ parts get observers, which calibrate while training.
-        for other in others:
-            if other.input_activation is not None and config.input_activation is not None:
-                if _is_dynamic(other) != _is_dynamic(config):
-                    raise QuantizationConfigError(
-                        f"{where}: mixing dynamic (is_dynamic=True) and static activation configs "
-                        "is not supported; build every config with the same is_dynamic"
-                    )
+        for other in self.configs():
+            if other.input_activation is not None and is_dynamic_config(other) != is_dynamic_config(config):
+                raise QuantizationConfigError(
+                    f"{where}: mixing dynamic (is_dynamic=True) and static activation configs "
+                    "is not supported; build every config with the same is_dynamic"
+                )
 
     def set_global(self, quantization_config: QuantizationConfig | None) -> X86InductorQuantizer:
         """Config for every supported pattern not claimed by a more specific setting."""
-        self._check_mode(quantization_config, "set_global")
-        self.global_config = quantization_config
-        return self
+        return self._set_global(quantization_config)
 
     def get_global_quantization_config(self) -> QuantizationConfig | None:
         return self.global_config
@@ -358,11 +295,8 @@ class X86InductorQuantizer(Quantizer):
         self, function_type: Callable, quantization_config: QuantizationConfig | None
     ) -> X86InductorQuantizer:
         """Config for every op of a function type (``torch.matmul``, ``F.linear``...)."""
-        self._check_mode(quantization_config, "set_function_type_qconfig")
-        self.operator_type_qconfig[self._ops_for(function_type, "set_function_type_qconfig")] = (
-            quantization_config
-        )
-        return self
+        where = "set_function_type_qconfig"
+        return self._set_operator_type(self._ops_for(function_type, where), quantization_config, where)
 
     def set_module_type_qconfig(
         self, module_type: Any, quantization_config: QuantizationConfig | None
@@ -371,62 +305,22 @@ class X86InductorQuantizer(Quantizer):
 
         As in torchao this is by operator type: ``F.linear`` calls count too.
         """
-        self._check_mode(quantization_config, "set_module_type_qconfig")
-        self.operator_type_qconfig[self._ops_for(module_type, "set_module_type_qconfig")] = (
-            quantization_config
-        )
-        return self
+        where = "set_module_type_qconfig"
+        return self._set_operator_type(self._ops_for(module_type, where), quantization_config, where)
 
     def set_module_name_qconfig(
         self, module_name: str, quantization_config: QuantizationConfig | None
     ) -> X86InductorQuantizer:
         """Config for every pattern entirely inside the submodule ``module_name`` (highest precedence)."""
-        self._check_mode(quantization_config, "set_module_name_qconfig")
-        self.module_name_qconfig[module_name] = quantization_config
-        return self
+        return self._set_module_name(module_name, quantization_config, "set_module_name_qconfig")
 
-    # --- annotation ----------------------------------------------------------------------------
-
-    def annotate(self, model: GraphModule) -> GraphModule:
-        """Annotate ``model`` in place: module-name configs, then operator types, then global."""
-        ctx = AnnotationContext()
-        for name, cfg in self.module_name_qconfig.items():
-            self._annotate_stage(model, cfg, ctx, _in_module(name))
-        for ops, cfg in self.operator_type_qconfig.items():
-            self._annotate_stage(model, cfg, ctx, _anchored_at(ops))
-        if self.global_config is not None:
-            self._annotate_stage(model, self.global_config, ctx, _default_pattern)
-        self.unquantized_ops = unquantized_compute_ops(model.graph, self._reasons())
-        for op in self.unquantized_ops:
-            log.info("%s leaves float: %s", type(self).__name__, op)
-        return model
-
-    def _annotate_stage(
-        self,
-        model: GraphModule,
-        config: QuantizationConfig | None,
-        ctx: AnnotationContext,
-        selected: MatchFilter,
-    ) -> None:
-        dynamic = _is_dynamic(config)
-        for match in self.patterns.matches(model.graph):
-            if any_annotated(match.nodes) or not selected(match):
-                continue
-            if config is None:
-                mark_not_quantized(match.nodes)
-            elif dynamic and not match.pattern.dynamic:
-                continue
-            else:
-                match.pattern.annotator(match, config, ctx)
-
-    def _reasons(self) -> dict[frozenset, str]:
-        reasons = dict(_REASONS)
-        configs = [self.global_config, *self.module_name_qconfig.values(), *self.operator_type_qconfig.values()]
-        if any(_is_dynamic(c) for c in configs):
+    def reasons(self) -> dict[frozenset[Any], str]:
+        reasons = dict(self.float_reasons)
+        if any(is_dynamic_config(c) for c in self.configs()):
             reasons[CONV_OPS] = "the dynamic config quantizes linear only (pytorch/ao#4292)"
         return reasons
 
-    def report(self, model: GraphModule | None = None) -> str:
+    def report(self, model: Any = None) -> Report:
         """Which compute ops stay float, and why.
 
         With ``model`` (an exported, not yet annotated graph) a copy is annotated;
@@ -441,12 +335,4 @@ class X86InductorQuantizer(Quantizer):
         X86InductorQuantizer: 1 compute op(s) stay float
           conv1d (aten.conv1d.default in '1'): the dynamic config quantizes linear only (pytorch/ao#4292)
         """
-        if model is not None:
-            self.annotate(copy.deepcopy(model))
-        ops = self.unquantized_ops
-        lines = [f"{type(self).__name__}: {len(ops)} compute op(s) stay float"]
-        lines += [f"  {op}" for op in ops]
-        return "\n".join(lines)
-
-    def validate(self, model: GraphModule) -> None:
-        """Nothing to check beyond what the specs validate themselves."""
+        return super().report(model)

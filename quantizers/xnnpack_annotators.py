@@ -3,7 +3,9 @@
 Built on the shared :class:`~quantizers.patterns.PatternTable`: each row is an
 anchor operator plus a chain of single-user steps, tried in descending priority
 so a fused pattern (``linear -> relu``) claims its nodes before its parts.
-Rows marked ``dynamic=True`` also apply to dynamic (runtime-qparams) configs.
+Rows marked ``dynamic=True`` also apply to dynamic (runtime-qparams) configs; the
+``share_qparams`` row (``propagate=True``) runs after every config stage and lets
+layout/clamp/max ops reuse their producer's qparams.
 
 >>> [p.name for p in XNNPACK_PATTERNS][:4]
 ['conv_bn_relu', 'conv_bn', 'conv_transpose_bn_relu', 'conv_transpose_bn']
@@ -17,23 +19,28 @@ import dataclasses
 from typing import Any
 
 import torch
-from torch.fx import GraphModule, Node
+from torch.fx import Node
 
 from pt2e import ops
+from pt2e.graph import get_attr_value
 from pt2e.quantizer import (
     QuantizationConfig,
     SharedQuantizationSpec,
     annotate_input_qspec_map,
     annotate_output_qspec,
-    get_annotation,
     get_input_act_qspec,
     get_output_act_qspec,
     get_weight_qspec,
-    is_annotated,
     mark_annotated,
 )
 
-from .annotators import AnnotationContext, annotate_weighted_pattern
+from .annotators import (
+    AnnotationContext,
+    annotate_shared_qparams_op,
+    annotate_weighted_pattern,
+    has_quantized_output,
+)
+from .engine import is_dynamic_config
 from .patterns import (
     ADD_OPS,
     BATCH_NORM_OPS,
@@ -55,7 +62,6 @@ __all__ = [
     "SHARE_QPARAMS_OPS",
     "WEIGHTED_OPS",
     "unsupported_reason",
-    "propagate_shared_qparams",
 ]
 
 aten = torch.ops.aten
@@ -109,18 +115,13 @@ def _is_depthwise(node: Node) -> bool:
     return per_group_in == 1
 
 
-def _is_dynamic(config: QuantizationConfig | None) -> bool:
-    act = None if config is None else config.input_activation
-    return bool(act is not None and act.is_dynamic)
-
-
 def unsupported_reason(node: Node, config: QuantizationConfig) -> str | None:
     """Why XNNPACK cannot run the linear/conv ``node`` quantized with ``config`` (``None``: it can).
 
     XNNPACK's dynamic int8 kernels cover linear layers and standard (not depthwise)
     2-D convolutions; its per-channel transposed convolution needs ``groups == 1``.
     """
-    if _is_dynamic(config) and node.target not in LINEAR_OPS:
+    if is_dynamic_config(config) and node.target not in LINEAR_OPS:
         shape = _weight_shape(node)
         if shape is not None and len(shape) != 4:
             return "XNNPACK's dynamically quantized convolution is 2-D only"
@@ -141,6 +142,20 @@ def _transpose_weight_axis(config: QuantizationConfig) -> QuantizationConfig:
     return dataclasses.replace(config, weight=dataclasses.replace(w, ch_axis=1))
 
 
+# Priority: conv/transposed-conv + batch norm first (QAT keeps batch norm in the graph),
+# then each op with its relu before the op alone. Only the plain rows apply to dynamic configs.
+@XNNPACK_PATTERNS.register(name="conv_bn_relu", anchor=CONV_OPS, chain=(_BN, _RELU), priority=100)
+@XNNPACK_PATTERNS.register(name="conv_bn", anchor=CONV_OPS, chain=(_BN,), priority=95)
+@XNNPACK_PATTERNS.register(
+    name="conv_transpose_bn_relu", anchor=CONV_TRANSPOSE_OPS, chain=(_BN, _RELU), priority=90)
+@XNNPACK_PATTERNS.register(name="conv_transpose_bn", anchor=CONV_TRANSPOSE_OPS, chain=(_BN,), priority=85)
+@XNNPACK_PATTERNS.register(name="linear_relu", anchor=LINEAR_OPS, chain=(_RELU,), priority=80)
+@XNNPACK_PATTERNS.register(name="linear", anchor=LINEAR_OPS, priority=75, dynamic=True)
+@XNNPACK_PATTERNS.register(name="conv_relu", anchor=CONV_OPS, chain=(_RELU,), priority=70)
+@XNNPACK_PATTERNS.register(name="conv", anchor=CONV_OPS, priority=65, dynamic=True)
+@XNNPACK_PATTERNS.register(
+    name="conv_transpose_relu", anchor=CONV_TRANSPOSE_OPS, chain=(_RELU,), priority=60)
+@XNNPACK_PATTERNS.register(name="conv_transpose", anchor=CONV_TRANSPOSE_OPS, priority=55, dynamic=True)
 def _annotate_weighted(match: Match, config: QuantizationConfig, ctx: AnnotationContext) -> None:
     anchor = match.anchor
     if unsupported_reason(anchor, config) is not None:
@@ -152,40 +167,16 @@ def _annotate_weighted(match: Match, config: QuantizationConfig, ctx: Annotation
     annotate_weighted_pattern(match, config, ctx, quantize_binary_input=False, annotate_output=True)
 
 
-for _name, _anchor, _chain, _priority, _dynamic in (
-    ("conv_bn_relu", CONV_OPS, (_BN, _RELU), 100, False),
-    ("conv_bn", CONV_OPS, (_BN,), 95, False),
-    ("conv_transpose_bn_relu", CONV_TRANSPOSE_OPS, (_BN, _RELU), 90, False),
-    ("conv_transpose_bn", CONV_TRANSPOSE_OPS, (_BN,), 85, False),
-    ("linear_relu", LINEAR_OPS, (_RELU,), 80, False),
-    ("linear", LINEAR_OPS, (), 75, True),
-    ("conv_relu", CONV_OPS, (_RELU,), 70, False),
-    ("conv", CONV_OPS, (), 65, True),
-    ("conv_transpose_relu", CONV_TRANSPOSE_OPS, (_RELU,), 60, False),
-    ("conv_transpose", CONV_TRANSPOSE_OPS, (), 55, True),
-):
-    XNNPACK_PATTERNS.register(
-        name=_name, anchor=_anchor, chain=_chain, priority=_priority, dynamic=_dynamic
-    )(_annotate_weighted)
-
-
 # --------------------------------------------------------------------------- binary ops
-
-
-def _fetch_attr(gm: Any, target: str) -> Any:
-    for part in target.split("."):
-        gm = getattr(gm, part)
-    return gm
 
 
 def _quantizable_operand(node: Node) -> bool:
     """A float32 tensor an observer can handle (not an int tensor, not a huge scalar)."""
     if not is_tensor_node(node) or node.meta["val"].dtype != torch.float32:
         return False
-    if node.op == "get_attr":
-        t = _fetch_attr(node.graph.owning_module, str(node.target))
-        if t.numel() == 1 and abs(float(t)) > _HISTC_LIMIT:
-            return False
+    t = get_attr_value(node)
+    if isinstance(t, torch.Tensor) and t.numel() == 1 and abs(float(t)) > _HISTC_LIMIT:
+        return False
     return True
 
 
@@ -196,13 +187,17 @@ def _annotate_adaptive_avg_pool(match: Match, config: QuantizationConfig, ctx: A
     src = pool.args[0]
     if not isinstance(src, Node):
         return
-    in_spec = SharedQuantizationSpec(src) if _has_quantized_output(src) else get_input_act_qspec(config)
+    in_spec = SharedQuantizationSpec(src) if has_quantized_output(src) else get_input_act_qspec(config)
     annotate_input_qspec_map(pool, src, in_spec)
     annotate_output_qspec(pool, SharedQuantizationSpec((src, pool)))
     mark_annotated([pool])
     ctx.quantized_outputs.add(pool)
 
 
+@XNNPACK_PATTERNS.register(name="add_relu", anchor=ADD_OPS, chain=(_RELU,), priority=35)
+@XNNPACK_PATTERNS.register(name="add", anchor=ADD_OPS, priority=30)
+@XNNPACK_PATTERNS.register(name="mul_relu", anchor=MUL_OPS, chain=(_RELU,), priority=25)
+@XNNPACK_PATTERNS.register(name="mul", anchor=MUL_OPS, priority=20)
 def _annotate_binary(match: Match, config: QuantizationConfig, ctx: AnnotationContext) -> None:
     op = match.anchor
     operands = [a for a in op.args[:2] if isinstance(a, Node)]
@@ -215,23 +210,7 @@ def _annotate_binary(match: Match, config: QuantizationConfig, ctx: AnnotationCo
     ctx.quantized_outputs.add(match.last)
 
 
-for _name, _anchor, _chain, _priority in (
-    ("add_relu", ADD_OPS, (_RELU,), 35),
-    ("add", ADD_OPS, (), 30),
-    ("mul_relu", MUL_OPS, (_RELU,), 25),
-    ("mul", MUL_OPS, (), 20),
-):
-    XNNPACK_PATTERNS.register(name=_name, anchor=_anchor, chain=_chain, priority=_priority)(
-        _annotate_binary
-    )
-
-
 # --------------------------------------------------------------------------- qparam-sharing ops
-
-
-def _has_quantized_output(node: Any) -> bool:
-    ann = get_annotation(node) if isinstance(node, Node) else None
-    return bool(is_annotated(node) and getattr(ann, "output_qspec", None) is not None)
 
 
 def _traces_to_quantized_output(node: Any) -> bool:
@@ -239,7 +218,7 @@ def _traces_to_quantized_output(node: Any) -> bool:
     seen: set[Node] = set()
     while isinstance(node, Node) and node not in seen:
         seen.add(node)
-        if _has_quantized_output(node):
+        if has_quantized_output(node):
             return True
         if node.op != "call_function" or node.target not in SHARE_QPARAMS_OPS:
             return False
@@ -270,22 +249,7 @@ def _annotate_cat(match: Match, config: QuantizationConfig, ctx: AnnotationConte
     ctx.quantized_outputs.add(cat)
 
 
-def propagate_shared_qparams(gm: GraphModule) -> list[Node]:
-    """Let layout/clamp/max ops after a quantized output reuse its qparams.
-
-    Runs after every pattern, in graph order, so chains (``view -> permute``)
-    propagate. Returns the nodes it annotated.
-    """
-    done = []
-    for node in gm.graph.nodes:
-        if node.op != "call_function" or node.target not in SHARE_QPARAMS_OPS or is_annotated(node):
-            continue
-        src = node.args[0]
-        if not _has_quantized_output(src):
-            continue
-        shared = SharedQuantizationSpec(src)
-        annotate_input_qspec_map(node, src, shared)
-        annotate_output_qspec(node, shared)
-        mark_annotated([node])
-        done.append(node)
-    return done
+@XNNPACK_PATTERNS.register(name="share_qparams", anchor=SHARE_QPARAMS_OPS, priority=0, propagate=True)
+def _annotate_share_qparams(match: Match, config: QuantizationConfig | None, ctx: AnnotationContext) -> None:
+    """Layout/clamp/max ops after a quantized output reuse its qparams (chains propagate)."""
+    annotate_shared_qparams_op(match.anchor, config, ctx, share_producer=True)

@@ -28,10 +28,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import cast
 
 import torch
 
-from pt2e.quantizer import QuantizationConfig
+from pt2e.quantizer import QuantizationConfig, QuantizationSpec
 
 from .patterns import Pattern
 from .x86_inductor import (
@@ -61,8 +62,8 @@ def get_default_xpu_inductor_quantization_config() -> QuantizationConfig:
     (torch.int8, -128, torch.per_channel_symmetric)
     """
     x86 = get_default_x86_inductor_quantization_config()
-    assert x86.input_activation is not None
-    act = dataclasses.replace(x86.input_activation, dtype=torch.int8, quant_min=-128, quant_max=127)
+    x86_act = cast(QuantizationSpec, x86.input_activation)  # the x86 recipe always has one
+    act = dataclasses.replace(x86_act, dtype=torch.int8, quant_min=-128, quant_max=127)
     return QuantizationConfig(act, act, x86.weight, None, False)
 
 

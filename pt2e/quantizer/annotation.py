@@ -140,5 +140,18 @@ def any_annotated(nodes: Iterable[Node]) -> bool:
 
 
 def clear_annotation(node: Node) -> None:
-    """Remove ``node``'s annotation (prepare does this once observers are in place)."""
+    """Remove ``node``'s annotation, e.g. to undo a pattern before another quantizer runs.
+
+    Nothing in the pipeline calls it: annotations stay on the nodes after
+    ``prepare_pt2e``, because ``convert_pt2e`` reads them (each annotated consumer
+    of a shared dequantize gets its own copy).
+
+    >>> import torch
+    >>> gm = torch.fx.symbolic_trace(torch.nn.ReLU())
+    >>> relu = list(gm.graph.nodes)[1]
+    >>> mark_annotated([relu])
+    >>> clear_annotation(relu)
+    >>> is_annotated(relu), get_annotation(relu) is None
+    (False, True)
+    """
     node.meta.pop(Q_ANNOTATION_KEY, None)

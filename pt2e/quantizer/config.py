@@ -6,9 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, NamedTuple
 
-import torch
-
-from observers.errors import QuantizationConfigError
+from observers.facts import ACTIVATION_QSCHEMES, BIAS_DTYPES, WEIGHT_QSCHEMES
+from observers.validation import check_dtype, check_qscheme
 
 from .spec import QuantizationSpec
 
@@ -22,8 +21,6 @@ __all__ = [
     "get_bias_qspec",
 ]
 
-_PER_TENSOR = (torch.per_tensor_affine, torch.per_tensor_symmetric)
-_WEIGHT_QSCHEMES = (torch.per_tensor_symmetric, torch.per_channel_symmetric, None)
 
 
 @dataclass(eq=True, frozen=True)
@@ -58,11 +55,9 @@ class OperatorConfig(NamedTuple):
 
 
 def _act(spec: QuantizationSpec | None, field: str) -> QuantizationSpec | None:
-    if spec is not None and spec.qscheme not in _PER_TENSOR:
-        raise QuantizationConfigError(
-            f"QuantizationConfig.{field}.qscheme={spec.qscheme} is not supported for activations; "
-            f"use one of {list(_PER_TENSOR)}"
-        )
+    if spec is not None:
+        check_qscheme(spec.qscheme, ACTIVATION_QSCHEMES, owner=f"QuantizationConfig.{field}",
+                      hint="Activations are quantized per tensor.")
     return spec
 
 
@@ -94,15 +89,12 @@ def get_weight_qspec(config: QuantizationConfig | None) -> QuantizationSpec | No
     >>> get_weight_qspec(QuantizationConfig(None, None, w, None))
     Traceback (most recent call last):
     ...
-    observers.errors.QuantizationConfigError: QuantizationConfig.weight.qscheme=torch.per_tensor_affine is not supported for weights; use one of [torch.per_tensor_symmetric, torch.per_channel_symmetric, None]
+    pt2e.errors.QuantizationConfigError: QuantizationConfig.weight: qscheme=torch.per_tensor_affine is not supported; allowed: torch.per_tensor_symmetric, torch.per_channel_symmetric, None. Weights are quantized symmetrically.
     """
     if config is None or config.weight is None:
         return None
-    if config.weight.qscheme not in _WEIGHT_QSCHEMES:
-        raise QuantizationConfigError(
-            f"QuantizationConfig.weight.qscheme={config.weight.qscheme} is not supported for "
-            f"weights; use one of {list(_WEIGHT_QSCHEMES)}"
-        )
+    check_qscheme(config.weight.qscheme, WEIGHT_QSCHEMES, owner="QuantizationConfig.weight",
+                  hint="Weights are quantized symmetrically.")
     return config.weight
 
 
@@ -114,9 +106,6 @@ def get_bias_qspec(config: QuantizationConfig | None) -> QuantizationSpec | None
     """
     if config is None or config.bias is None:
         return None
-    if config.bias.dtype != torch.float:
-        raise QuantizationConfigError(
-            f"QuantizationConfig.bias.dtype={config.bias.dtype} is not supported; bias stays "
-            "float32 (use a DerivedQuantizationSpec for an integer bias)"
-        )
+    check_dtype(config.bias.dtype, BIAS_DTYPES, owner="QuantizationConfig.bias",
+                hint="Bias stays float; use a DerivedQuantizationSpec for an integer bias.")
     return config.bias

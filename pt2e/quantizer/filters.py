@@ -9,9 +9,12 @@ from outermost to innermost. Backend quantizers use these filters for their
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from torch.fx import Node
+
+# module_stack is public here (torchao users import it with the filters); it lives
+# in pt2e.graph, the one place that reads a node's module metadata
+from ..graph import module_stack, qualified_type_name
 
 __all__ = [
     "module_stack",
@@ -19,34 +22,6 @@ __all__ = [
     "get_module_type_filter",
     "get_not_module_type_or_name_filter",
 ]
-
-
-def _clean_path(path: str) -> str:
-    # export spells `self.layers[0].fc` as "L['self'].layers[0].fc" in some modes
-    path = path.replace("L['self'].", "").replace("L['self']", "")
-    return path.replace("[", ".").replace("]", "").removeprefix("self.")
-
-
-def _type_name(t: Any) -> str:
-    if isinstance(t, str):
-        return t
-    return f"{t.__module__}.{t.__qualname__}"
-
-
-def module_stack(node: Node) -> list[tuple[str, str]]:
-    """``[(module_path, qualified_type_name), ...]`` from outermost to innermost.
-
-    Paths use dots for list indices (``layers.0.fc``). Nodes without the metadata
-    (e.g. those a pass created) give an empty list.
-
-    >>> import torch
-    >>> gm = torch.export.export(torch.nn.Sequential(torch.nn.Linear(2, 2)),
-    ...                          (torch.randn(1, 2),)).module()
-    >>> module_stack(next(n for n in gm.graph.nodes if n.op == "call_function"))
-    [('', 'torch.nn.modules.container.Sequential'), ('0', 'torch.nn.modules.linear.Linear')]
-    """
-    stack = node.meta.get("nn_module_stack") or {}
-    return [(_clean_path(p), _type_name(t)) for p, t in stack.values()]
 
 
 def get_module_name_filter(module_name: str) -> Callable[[Node], bool]:
@@ -85,7 +60,7 @@ def get_module_type_filter(tp: type | Callable) -> Callable[[Node], bool]:
     >>> [n.name for n in gm.graph.nodes if n.op == "call_function" and f(n)]
     ['relu']
     """
-    wanted = _type_name(tp)
+    wanted = qualified_type_name(tp)
 
     def _filter(node: Node) -> bool:
         return any(t == wanted for _, t in module_stack(node))

@@ -2,7 +2,10 @@
 
 Field names, order and defaults follow ``torchao.quantization.pt2e.quantizer`` so
 that quantizers written for torchao port by changing imports. Unlike torchao, each
-spec validates itself and names the field, the value and the allowed set.
+spec validates itself when it is built, with the check functions (and so the
+messages) of the observers that prepare will build from it
+(:mod:`observers.validation`, reading :mod:`observers.facts`): a spec no observer
+could accept fails here, not at prepare time.
 
 >>> import torch
 >>> from observers import MinMaxObserver
@@ -15,7 +18,12 @@ torch.uint8
 ...                  observer_or_fake_quant_ctr=MinMaxObserver)
 Traceback (most recent call last):
 ...
-observers.errors.QuantizationConfigError: QuantizationSpec.quant_max=300 is outside the range of dtype torch.int8 [-128, 127]; pick quant_min/quant_max inside it
+pt2e.errors.QuantizationConfigError: QuantizationSpec: quant_max=300 does not fit dtype=torch.int8; allowed: -128 <= quant_min < quant_max <= 127.
+>>> QuantizationSpec(dtype=torch.uint8, quant_min=10, quant_max=20,
+...                  observer_or_fake_quant_ctr=MinMaxObserver)
+Traceback (most recent call last):
+...
+pt2e.errors.QuantizationConfigError: QuantizationSpec: quant_min=10, quant_max=20 must include 0 (quant_min <= 0 <= quant_max) so that 0.0 is exactly representable.
 """
 
 from __future__ import annotations
@@ -31,6 +39,20 @@ from torch import Tensor
 from torch.fx import Node
 
 from observers.errors import QuantizationConfigError
+from observers.facts import (
+    FIXED_QPARAMS_SPEC_DTYPES,
+    PER_TENSOR_QSCHEMES,
+    SPEC_DTYPES,
+    SPEC_QSCHEMES,
+    int_range,
+)
+from observers.validation import (
+    check_ch_axis,
+    check_dtype,
+    check_fixed_qparams,
+    check_qscheme,
+    check_quant_range,
+)
 
 __all__ = [
     "EdgeOrNode",
@@ -47,70 +69,25 @@ __all__ = [
 EdgeOrNode = tuple[Node, Node] | Node
 """An input edge ``(producer, consumer)`` or a node (meaning its output)."""
 
-# dtype -> (min, max) of the integer it stores; float dtypes carry no range.
-_INT_RANGES: dict[torch.dtype, tuple[int, int]] = {
-    torch.uint8: (0, 255),
-    torch.quint8: (0, 255),
-    torch.int8: (-128, 127),
-    torch.qint8: (-128, 127),
-    torch.int16: (-(2**15), 2**15 - 1),
-    torch.uint16: (0, 2**16 - 1),
-    torch.int32: (-(2**31), 2**31 - 1),
-    torch.qint32: (-(2**31), 2**31 - 1),
-}
-_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_QSCHEMES = (
-    torch.per_tensor_affine,
-    torch.per_tensor_symmetric,
-    torch.per_channel_affine,
-    torch.per_channel_symmetric,
-    torch.per_channel_affine_float_qparams,
-)
-_PER_CHANNEL = (
-    torch.per_channel_affine,
-    torch.per_channel_symmetric,
-    torch.per_channel_affine_float_qparams,
-)
-
-
 def _fail(cls: str, name: str, value: Any, why: str) -> QuantizationConfigError:
-    return QuantizationConfigError(f"{cls}.{name}={value!r} {why}")
+    return QuantizationConfigError(f"{cls}: {name}={value!r} {why}")
 
 
-def _check_dtype_and_range(
+def _check_observed_fields(
     cls: str,
     dtype: torch.dtype,
     quant_min: int | None,
     quant_max: int | None,
-    *,
-    allow_float: bool = True,
+    qscheme: Any,
+    ch_axis: int | None,
 ) -> None:
-    allowed = list(_INT_RANGES) + (list(_FLOAT_DTYPES) if allow_float else [])
-    if dtype not in allowed:
-        raise _fail(cls, "dtype", dtype, f"is not supported; use one of {allowed}")
-    if quant_min is not None and quant_max is not None and quant_min > quant_max:
-        raise QuantizationConfigError(
-            f"{cls}.quant_min={quant_min} is larger than quant_max={quant_max}; "
-            "quant_min must be <= quant_max"
-        )
-    if dtype in _INT_RANGES:
-        lo, hi = _INT_RANGES[dtype]
-        for name, v in (("quant_min", quant_min), ("quant_max", quant_max)):
-            if v is not None and not lo <= v <= hi:
-                raise _fail(
-                    cls, name, v,
-                    f"is outside the range of dtype {dtype} [{lo}, {hi}]; "
-                    "pick quant_min/quant_max inside it",
-                )
-
-
-def _check_qscheme(cls: str, qscheme: Any, ch_axis: int | None) -> None:
-    if qscheme is not None and qscheme not in _QSCHEMES:
-        raise _fail(cls, "qscheme", qscheme, f"is not a quantization scheme; use one of {list(_QSCHEMES)}")
-    if ch_axis is not None and ch_axis < 0:
+    """The checks an observer makes on these fields, in the observer's order, plus ch_axis."""
+    check_qscheme(qscheme, SPEC_QSCHEMES, owner=cls)
+    check_dtype(dtype, SPEC_DTYPES, owner=cls)
+    check_quant_range(quant_min, quant_max, dtype, owner=cls)
+    if ch_axis is not None and ch_axis < 0:  # torchao's spec rule; observers take negative axes
         raise _fail(cls, "ch_axis", ch_axis, "is negative; give the channel axis as a non-negative index")
-    if qscheme in _PER_CHANNEL and ch_axis is None:
-        raise _fail(cls, "ch_axis", ch_axis, f"is required with the per-channel qscheme {qscheme}")
+    check_ch_axis(qscheme, ch_axis, owner=cls)
 
 
 class QuantizationSpecBase(ABC):  # noqa: B024 - a marker base, as in torchao
@@ -143,8 +120,8 @@ class QuantizationSpec(QuantizationSpecBase):
     is_dynamic: bool = False
 
     def __post_init__(self) -> None:
-        _check_dtype_and_range("QuantizationSpec", self.dtype, self.quant_min, self.quant_max)
-        _check_qscheme("QuantizationSpec", self.qscheme, self.ch_axis)
+        _check_observed_fields("QuantizationSpec", self.dtype, self.quant_min, self.quant_max,
+                               self.qscheme, self.ch_axis)
         if not callable(self.observer_or_fake_quant_ctr):
             raise _fail(
                 "QuantizationSpec", "observer_or_fake_quant_ctr", self.observer_or_fake_quant_ctr,
@@ -171,13 +148,19 @@ class FixedQParamsQuantizationSpec(QuantizationSpecBase):
     is_dynamic: bool = False
 
     def __post_init__(self) -> None:
-        _check_dtype_and_range(
-            "FixedQParamsQuantizationSpec", self.dtype, self.quant_min, self.quant_max,
-            allow_float=False,
+        # the checks FixedQParamsObserver makes, which prepare builds from this spec
+        # (qscheme None means per_tensor_affine, no range means the dtype's)
+        cls = "FixedQParamsQuantizationSpec"
+        check_qscheme(self.qscheme, (*PER_TENSOR_QSCHEMES, None), owner=cls)
+        check_dtype(self.dtype, FIXED_QPARAMS_SPEC_DTYPES, owner=cls)
+        check_quant_range(self.quant_min, self.quant_max, self.dtype, owner=cls)
+        lo, hi = int_range(self.dtype) or (0, 0)
+        check_fixed_qparams(
+            self.scale, self.zero_point,
+            lo if self.quant_min is None else self.quant_min,
+            hi if self.quant_max is None else self.quant_max,
+            owner=cls,
         )
-        _check_qscheme("FixedQParamsQuantizationSpec", self.qscheme, None)
-        if not float(self.scale) > 0:
-            raise _fail("FixedQParamsQuantizationSpec", "scale", self.scale, "must be a positive number")
 
 
 @dataclass(eq=True, frozen=True)
@@ -237,10 +220,8 @@ class DerivedQuantizationSpec(QuantizationSpecBase):
     is_dynamic: bool = False
 
     def __post_init__(self) -> None:
-        _check_dtype_and_range(
-            "DerivedQuantizationSpec", self.dtype, self.quant_min, self.quant_max
-        )
-        _check_qscheme("DerivedQuantizationSpec", self.qscheme, self.ch_axis)
+        _check_observed_fields("DerivedQuantizationSpec", self.dtype, self.quant_min,
+                               self.quant_max, self.qscheme, self.ch_axis)
         if not self.derived_from:
             raise _fail(
                 "DerivedQuantizationSpec", "derived_from", self.derived_from,

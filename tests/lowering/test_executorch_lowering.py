@@ -13,7 +13,7 @@ from support.models import MLP, SmallCNN, export
 from support.numerics import sqnr
 from torch import nn
 
-from lowering import XnnpackLoweringError, check_xnnpack_graph, to_executorch
+from lowering import XnnpackLoweringError, check_xnnpack_graph, check_xnnpack_int8, to_executorch
 from observers import HistogramObserver, MinMaxObserver, PerChannelMinMaxObserver
 from pt2e import convert_pt2e, move_exported_model_to_eval, prepare_pt2e, prepare_qat_pt2e
 from pt2e.quantizer import (
@@ -94,18 +94,19 @@ def _assert_all_weighted_delegated(program, model):
     assert report.count("dequantize_per_channel") + report.count("dequantize_per_tensor") > 0
 
 
-@pytest.mark.slow
 def _lower_run_and_check(model, converted, shape):
     """Lower, run the .pte, and compare with float and with the converted graph."""
     x = torch.randn(*shape)
     program = to_executorch(converted, (x,))
     _assert_all_weighted_delegated(program, model)
-    out = program.runner()(x)
+    assert check_xnnpack_int8(converted, program) == [], program.report.summary()
+    out = program(x)
     assert sqnr(model(x), out) >= MIN_SQNR_DB
     # within one output quantization step of our converted model run in PyTorch
     assert (out - converted(x)).abs().max().item() <= _output_scale(converted) * 1.001
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(MODELS), ids=list(MODELS))
 def test_static_int8_lowers_runs_and_matches(name):
     model_fn, shape = MODELS[name]
@@ -127,6 +128,7 @@ def test_dynamic_lowers_runs_and_matches(name, weight_bits):
 
     program = to_executorch(converted, (x,))
     _assert_all_weighted_delegated(program, model)
+    assert check_xnnpack_int8(converted, program) == [], program.report.summary()
     assert program.report.count("choose_qparams") > 0
     out = program.runner()(x)
 
@@ -177,7 +179,8 @@ def test_qat_trains_converts_and_lowers(name):
 
     program = to_executorch(converted, (x,))
     _assert_all_weighted_delegated(program, model)
-    out = program.runner()(x)
+    assert check_xnnpack_int8(converted, program) == [], program.report.summary()
+    out = program(x)
     step = _output_scale(converted)
     assert (out - converted(x)).abs().max().item() <= step * 1.001
     assert sqnr(converted(x), out) >= MIN_SQNR_DB
@@ -219,6 +222,21 @@ def test_runner_keeps_program_alive_and_report_explains_outside_ops(tmp_path):
     gc.collect()
     for _ in range(3):
         torch.testing.assert_close(runner(x), model(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_unread_buffers_stay_out_of_the_pte():
+    # convert_pt2e drops what it stops reading; a buffer the graph never reads (added by
+    # hand here, as another flow might leave one) would otherwise be serialized too
+    model = MLP((8, 16, 4))
+    converted = _calibrated(model, (2, 8), XNNPACKQuantizer().set_global(
+        get_symmetric_quantization_config(is_per_channel=True)), steps=1)
+    x = torch.randn(2, 8)
+    clean = to_executorch(converted, (x,))
+    converted.register_buffer("unread", torch.zeros(100_000))
+    with_unread = to_executorch(converted, (x,))
+    assert with_unread.size_bytes == clean.size_bytes
+    assert hasattr(converted, "unread")  # to_executorch lowered a copy
 
 
 # --------------------------------------------------------------------------- checks (fast)

@@ -63,3 +63,23 @@ def test_lower_pt2e_quantized_to_x86_returns_graph_with_onednn_ops():
     assert any("onednn.qlinear_pointwise" in t for t in targets), targets
     with torch.no_grad():
         assert sqnr(model(*args), lowered(*args)) >= MIN_SQNR_DB
+
+
+def test_code_capture_is_scoped_and_works_with_the_artifact_log_turned_on():
+    # compile_x86 reads the code from Inductor's "output_code" logging artifact through a
+    # handler that exists only while it compiles; a user's TORCH_LOGS setting is left alone
+    from torch._inductor.codecache import output_code_log
+
+    _, converted, args = quantized("MLP")
+    before = (output_code_log.level, list(output_code_log.handlers))
+    int8 = compile_x86(converted, args).kernels.int8
+    assert int8["onednn.qlinear_pointwise"] > 0, int8
+    assert (output_code_log.level, list(output_code_log.handlers)) == before
+
+    torch._logging.set_logs(output_code=True)
+    try:
+        enabled = (output_code_log.level, list(output_code_log.handlers))
+        assert compile_x86(converted, args).kernels.int8 == int8
+        assert (output_code_log.level, list(output_code_log.handlers)) == enabled
+    finally:
+        torch._logging.set_logs()
