@@ -13,14 +13,17 @@ from .calibration import calibrate
 from .capture import capture_pre_autograd_graph
 from .errors import (
     AnnotationError,
+    ArgumentTypeError,
+    ArgumentValueError,
     NotExportedModelError,
     ObserverStateError,
     PipelineStateError,
     Pt2eError,
     QuantizationConfigError,
+    UnsupportedOperationError,
 )
 from .quantize_pt2e import convert_pt2e, prepare_pt2e, prepare_qat_pt2e
-from .report import QuantizationReport, quantization_report
+from .report import OpRecord, QuantizationReport, Report, quantization_report
 from .train_eval import (
     allow_exported_model_train_eval,
     move_exported_model_to_eval,
@@ -35,6 +38,8 @@ __all__ = [
     "calibrate",
     "quantization_report",
     "QuantizationReport",
+    "Report",
+    "OpRecord",
     "move_exported_model_to_eval",
     "move_exported_model_to_train",
     "allow_exported_model_train_eval",
@@ -44,4 +49,7 @@ __all__ = [
     "AnnotationError",
     "NotExportedModelError",
     "PipelineStateError",
+    "ArgumentTypeError",
+    "ArgumentValueError",
+    "UnsupportedOperationError",
 ]

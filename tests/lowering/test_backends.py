@@ -289,19 +289,3 @@ def test_lowering_imports_no_quantizer_and_no_backend_runtime_at_module_level():
             for name in names:
                 assert name.split(".")[0] not in ("quantizers", "executorch", "torchao"), \
                     f"{path.name} imports {name} at module level"
-
-
-def test_lowering_all_is_pinned():
-    assert sorted(lowering.__all__) == sorted([
-        "Lowered", "LowerFunction", "CheckFunction", "KernelFamily", "check_int8",
-        "Backend", "get_backend", "list_backends", "register_backend",
-        "LoweringError", "NotLoweredYetError", "UnknownBackendError", "DuplicateBackendError",
-        "BackendImportError",
-        "lower_pt2e_quantized_to_x86", "compile_x86", "X86CompiledModel", "KernelReport",
-        "kernel_report", "check_x86_int8",
-        "to_executorch", "ExecuTorchProgram", "DelegationReport", "OutsideNode",
-        "check_xnnpack_int8", "ExecuTorchRunner", "ExecuTorchLoadError", "XnnpackLoweringError",
-        "check_xnnpack_graph",
-    ])
-    for name in lowering.__all__:
-        assert getattr(lowering, name) is not None

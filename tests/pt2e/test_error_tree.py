@@ -1,4 +1,4 @@
-"""One error tree, seen as pt2e.errors.*; nothing bare escapes pt2e/ or observers/."""
+"""One error tree, seen as pt2e.errors.*; nothing bare escapes any of the four packages."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from pt2e.errors import (
 from pt2e.quantizer import QuantizationSpec
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-SCANNED = ["pt2e", "observers"]
+SCANNED = ["pt2e", "observers", "quantizers", "lowering"]
 BUILTINS = {"TypeError", "ValueError", "RuntimeError", "KeyError", "NotImplementedError",
             "IndexError", "AssertionError", "Exception"}
 
