@@ -74,9 +74,9 @@ _FLOAT_CALLS = (
 )
 # Inductor pattern-matcher counters for int8 ops that become generated C++ loops
 _INT8_COUNTERS = {
-    "qmaxpool2d_matcher_count": "int8 max_pool2d",
-    "qcat_matcher_count": "int8 cat",
-    "qreshape_matcher_count": "int8 reshape",
+    "qmaxpool2d_matcher_count": "max_pool2d (int8 loop)",
+    "qcat_matcher_count": "cat (int8 loop)",
+    "qreshape_matcher_count": "reshape (int8 loop)",
 }
 
 
@@ -154,7 +154,7 @@ def kernel_report(code: Sequence[str], counters: dict[str, int] | None = None) -
     around the compilation, for int8 ops that are generated loops rather than calls.
 
     >>> kernel_report([], {"qmaxpool2d_matcher_count": 2}).int8
-    Counter({'int8 max_pool2d': 2})
+    Counter({'max_pool2d (int8 loop)': 2})
     """
     records: list[OpRecord] = []
     for module_code in code:

@@ -29,3 +29,17 @@ __all__ += ["XNNPACKQuantizer", "XnnpackSkipWarning", "get_symmetric_quantizatio
 from .xpu_inductor import XPUInductorQuantizer, get_default_xpu_inductor_quantization_config  # noqa: E402
 
 __all__ += ["XPUInductorQuantizer", "get_default_xpu_inductor_quantization_config"]
+
+from .eager import (  # noqa: E402
+    Int4WeightOnlyConfig,
+    Int8DynamicActivationInt8WeightConfig,
+    Int8WeightOnlyConfig,
+    quantize_,
+)
+
+__all__ += [
+    "Int4WeightOnlyConfig",
+    "Int8DynamicActivationInt8WeightConfig",
+    "Int8WeightOnlyConfig",
+    "quantize_",
+]

@@ -44,6 +44,8 @@ PUBLIC: dict[str, list[str]] = {
         "x86_needs_reduce_range", "XNNPACKQuantizer", "XnnpackSkipWarning",
         "get_symmetric_quantization_config", "XPUInductorQuantizer",
         "get_default_xpu_inductor_quantization_config",
+        "quantize_", "Int4WeightOnlyConfig", "Int8WeightOnlyConfig",
+        "Int8DynamicActivationInt8WeightConfig",
     ],
     "lowering": [
         "Lowered", "LowerFunction", "CheckFunction", "KernelFamily", "check_int8",
