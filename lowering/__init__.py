@@ -82,3 +82,21 @@ __all__ = [
     "XnnpackLoweringError",
     "check_xnnpack_graph",
 ]
+
+# ONNX QDQ export, run by onnxruntime (imports neither until called)
+from .onnx import (  # noqa: E402
+    OnnxExportError,
+    OnnxModel,
+    check_onnx_int8,
+    export_onnx,
+)
+from .onnx_checks import check_onnx_graph, onnxruntime_report  # noqa: E402
+
+__all__ += [
+    "export_onnx",
+    "OnnxModel",
+    "check_onnx_int8",
+    "OnnxExportError",
+    "check_onnx_graph",
+    "onnxruntime_report",
+]

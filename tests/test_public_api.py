@@ -57,6 +57,8 @@ PUBLIC: dict[str, list[str]] = {
         "to_executorch", "ExecuTorchProgram", "DelegationReport", "OutsideNode",
         "check_xnnpack_int8", "ExecuTorchRunner", "ExecuTorchLoadError", "XnnpackLoweringError",
         "check_xnnpack_graph",
+        "export_onnx", "OnnxModel", "check_onnx_int8", "OnnxExportError", "check_onnx_graph",
+        "onnxruntime_report",
     ],
     "observers": [
         "DerivedObserverOrFakeQuantize", "FakeQuantize", "FakeQuantizeBase",

@@ -204,7 +204,7 @@ def test_quantizer_is_the_backends_class_with_its_default_config(name, cls):
 
 
 def test_unknown_backend_lists_the_known_ones():
-    with pytest.raises(UnknownBackendError, match="registered backends: x86_inductor, xnnpack") as err:
+    with pytest.raises(UnknownBackendError, match="registered backends: .*x86_inductor, xnnpack") as err:
         get_backend("tensorrt")
     assert isinstance(err.value, KeyError) and isinstance(err.value, ValueError)
     assert isinstance(err.value, Pt2eError)
