@@ -100,3 +100,25 @@ __all__ += [
     "check_onnx_graph",
     "onnxruntime_report",
 ]
+
+from .openvino import (  # noqa: E402
+    OpenVINOLayer,
+    OpenVINOLoweringError,
+    OpenVINOModel,
+    OpenVINOReport,
+    check_openvino_int8,
+    expand_folded_weights,
+    runtime_report,
+    to_openvino,
+)
+
+__all__ += [
+    "to_openvino",
+    "OpenVINOModel",
+    "OpenVINOReport",
+    "OpenVINOLayer",
+    "OpenVINOLoweringError",
+    "check_openvino_int8",
+    "runtime_report",
+    "expand_folded_weights",
+]

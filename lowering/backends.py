@@ -262,3 +262,14 @@ register_backend(Backend(
     check_function="lowering.onnx:check_onnx_int8",
     recommended_config="lowering.backends:_x86_recommended_config",
 ))
+# OpenVINO: its frontend needs float weight -> q -> dq (it ignores a lone dequantize of an
+# int8 constant); to_openvino re-expands folded weights anyway, this just skips the work
+register_backend(Backend(
+    name="openvino",
+    description="OpenVINO CPU plugin (convert_model on the exported graph): u8/i8 conv, FC, matmul",
+    quantizer_class="quantizers:OpenVINOQuantizer",
+    default_config="quantizers:get_openvino_quantization_config",
+    lower_function="lowering.openvino:to_openvino",
+    check_function="lowering.openvino:check_openvino_int8",
+    default_convert_kwargs={"fold_quantize": False},
+))

@@ -43,3 +43,7 @@ __all__ += [
     "Int8WeightOnlyConfig",
     "quantize_",
 ]
+
+from .openvino import OpenVINOQuantizer, QuantizationMode, get_openvino_quantization_config  # noqa: E402
+
+__all__ += ["OpenVINOQuantizer", "QuantizationMode", "get_openvino_quantization_config"]

@@ -46,6 +46,7 @@ PUBLIC: dict[str, list[str]] = {
         "get_default_xpu_inductor_quantization_config",
         "quantize_", "Int4WeightOnlyConfig", "Int8WeightOnlyConfig",
         "Int8DynamicActivationInt8WeightConfig",
+        "OpenVINOQuantizer", "QuantizationMode", "get_openvino_quantization_config",
     ],
     "lowering": [
         "Lowered", "LowerFunction", "CheckFunction", "KernelFamily", "check_int8",
@@ -59,6 +60,8 @@ PUBLIC: dict[str, list[str]] = {
         "check_xnnpack_graph",
         "export_onnx", "OnnxModel", "check_onnx_int8", "OnnxExportError", "check_onnx_graph",
         "onnxruntime_report",
+        "to_openvino", "OpenVINOModel", "OpenVINOReport", "OpenVINOLayer", "OpenVINOLoweringError",
+        "check_openvino_int8", "runtime_report", "expand_folded_weights",
     ],
     "observers": [
         "DerivedObserverOrFakeQuantize", "FakeQuantize", "FakeQuantizeBase",

@@ -1,0 +1,383 @@
+"""OpenVINOQuantizer: int8 (and weight-only int8/int4) recipes for OpenVINO's CPU plugin.
+
+Same constructor and modes as ExecuTorch's
+``executorch.backends.openvino.quantizer.OpenVINOQuantizer`` (which runs NNCF);
+written as pattern tables (:mod:`quantizers.openvino_patterns`) on the shared
+engine. What each mode annotates:
+
+============================  =========================================================
+``INT8_SYM`` (default)        activations int8 per-tensor symmetric (``uint8`` with zero
+                              point 0 where the input is known non-negative), weights int8
+                              per-channel symmetric; conv, linear, matmul, eltwise add
+``INT8_MIXED``                activations ``uint8`` per-tensor affine, same weights and ops
+``INT8_TRANSFORMER``          as ``INT8_MIXED``, but the residual adds stay float
+``INT8WO_SYM`` / ``_ASYM``    conv/linear weights only, int8 per channel (sym / affine)
+``INT4WO_SYM`` / ``_ASYM``    linear weights 4-bit per channel (sym ``-8..7`` / affine ``0..15``);
+                              conv weights int8 (NNCF's backup precision for non-matmul layers)
+============================  =========================================================
+
+Activations use a histogram observer, weights a per-channel min/max observer
+(the reference's choice). Differences from the reference, all tested:
+
+* after a relu (sigmoid, softmax...) ``INT8_SYM`` uses ``0..255`` with zero point 0;
+  the reference keeps zero point 128 there and loses half of the levels;
+* layer norms are never given a weight observer, so transformer blocks quantize in
+  every mode (the reference's ``INT8_SYM`` / ``INT8_MIXED`` crash with ``IndexError``
+  on the 1-D LayerNorm bias);
+* ``scaled_dot_product_attention`` stays float: OpenVINO 2026.4's CPU plugin fails at
+  inference when its query/key inputs are quantized (the reference quantizes them);
+* 4-bit weight-only is per output channel: ``group_size`` must be ``None`` (the
+  quantize/dequantize op set the converted graph uses has no per-group op);
+* bad arguments raise :mod:`pt2e.errors` subclasses; an ignored-scope entry that matches
+  nothing raises :class:`~pt2e.errors.QuantizationConfigError` naming it.
+
+>>> import torch
+>>> from pt2e.quantizer import get_annotation
+>>> m = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2)).eval()
+>>> gm = torch.export.export(m, (torch.randn(2, 4),)).module()
+>>> _ = OpenVINOQuantizer(mode=QuantizationMode.INT8_SYM).annotate(gm)
+>>> [(a.name, s.dtype) for n in gm.graph.nodes if n.name.startswith("linear")
+...  for a, s in get_annotation(n).input_qspec_map.items() if a.op != "get_attr"]
+[('input_1', torch.int8), ('relu', torch.uint8)]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch.fx import GraphModule, Node
+
+from pt2e.errors import ArgumentTypeError, ArgumentValueError, QuantizationConfigError
+from pt2e.quantizer import QuantizationConfig, QuantizationSpec, mark_annotated
+
+from .engine import TableQuantizer, activation_observer, weight_observer
+from .openvino_patterns import (
+    OPENVINO_PATTERNS,
+    OPENVINO_TRANSFORMER_PATTERNS,
+    OPENVINO_WEIGHT_ONLY_PATTERNS,
+)
+from .patterns import CONV_OPS, MATMUL_OPS, PatternTable
+
+__all__ = [
+    "OpenVINOQuantizer",
+    "QuantizationMode",
+    "get_openvino_quantization_config",
+]
+
+aten = torch.ops.aten
+
+
+class QuantizationMode(enum.Enum):
+    """The reference's modes, with the same values (``QuantizationMode("int8_sym")`` works)."""
+
+    INT8_SYM = "int8_sym"
+    INT8_MIXED = "int8_mixed"
+    INT8_TRANSFORMER = "int8_transformer"
+    INT8WO_SYM = "int8wo_sym"
+    INT8WO_ASYM = "int8wo_asym"
+    INT4WO_SYM = "int4wo_sym"
+    INT4WO_ASYM = "int4wo_asym"
+
+
+WEIGHT_ONLY_MODES = frozenset({
+    QuantizationMode.INT8WO_SYM, QuantizationMode.INT8WO_ASYM,
+    QuantizationMode.INT4WO_SYM, QuantizationMode.INT4WO_ASYM,
+})
+_INT4_MODES = frozenset({QuantizationMode.INT4WO_SYM, QuantizationMode.INT4WO_ASYM})
+
+
+def _mode(mode: Any, where: str) -> QuantizationMode:
+    """Accept our enum, the reference's enum (same values) or the value string."""
+    value = getattr(mode, "value", mode)
+    try:
+        return QuantizationMode(value)
+    except ValueError:
+        allowed = ", ".join(m.name for m in QuantizationMode)
+        raise ArgumentValueError(
+            f"{where}: mode={mode!r} is not an OpenVINO quantization mode; pass one of "
+            f"QuantizationMode.{{{allowed}}} (or its value, e.g. 'int8_sym')"
+        ) from None
+
+
+def _weight_spec(*, bits: int, symmetric: bool) -> QuantizationSpec:
+    if symmetric:
+        # narrow range: OpenVINO's (and NNCF's) symmetric weights have 2**bits - 1 levels
+        lo, hi, dtype, qscheme = -(2 ** (bits - 1)) + 1, 2 ** (bits - 1) - 1, torch.int8, torch.per_channel_symmetric
+        if bits == 4:
+            lo = -8  # NNCF's int4_sym range
+    else:
+        lo, hi, dtype, qscheme = 0, 2**bits - 1, torch.uint8, torch.per_channel_affine
+    return QuantizationSpec(
+        dtype=dtype, quant_min=lo, quant_max=hi, qscheme=qscheme, ch_axis=0,
+        observer_or_fake_quant_ctr=weight_observer(is_qat=False, per_channel=True),
+    )
+
+
+def get_openvino_quantization_config(mode: Any = QuantizationMode.INT8_SYM) -> QuantizationConfig:
+    """The global config of ``mode``: activation and weight specs (``None`` activations: weight-only).
+
+    In ``INT8_SYM`` this is the *signed* activation spec; inputs known to be
+    non-negative get its unsigned twin (:func:`quantizers.openvino_patterns.unsigned_spec`).
+
+    >>> cfg = get_openvino_quantization_config("int8_sym")
+    >>> cfg.input_activation.dtype, cfg.input_activation.qscheme, cfg.weight.quant_min
+    (torch.int8, torch.per_tensor_symmetric, -127)
+    >>> get_openvino_quantization_config(QuantizationMode.INT8_MIXED).input_activation.dtype
+    torch.uint8
+    >>> cfg = get_openvino_quantization_config("int4wo_asym")
+    >>> cfg.input_activation, (cfg.weight.quant_min, cfg.weight.quant_max)
+    (None, (0, 15))
+    """
+    mode = _mode(mode, "get_openvino_quantization_config")
+    if mode in WEIGHT_ONLY_MODES:
+        symmetric = mode in (QuantizationMode.INT8WO_SYM, QuantizationMode.INT4WO_SYM)
+        bits = 4 if mode in _INT4_MODES else 8
+        return QuantizationConfig(None, None, _weight_spec(bits=bits, symmetric=symmetric), None, False)
+    observer = activation_observer(is_qat=False, is_dynamic=False)
+    if mode is QuantizationMode.INT8_SYM:
+        act = QuantizationSpec(dtype=torch.int8, quant_min=-128, quant_max=127,
+                               qscheme=torch.per_tensor_symmetric, observer_or_fake_quant_ctr=observer)
+    else:
+        act = QuantizationSpec(dtype=torch.uint8, quant_min=0, quant_max=255,
+                               qscheme=torch.per_tensor_affine, observer_or_fake_quant_ctr=observer)
+    return QuantizationConfig(act, act, _weight_spec(bits=8, symmetric=True), None, False)
+
+
+def _table(mode: QuantizationMode) -> PatternTable:
+    if mode in WEIGHT_ONLY_MODES:
+        return OPENVINO_WEIGHT_ONLY_PATTERNS
+    if mode is QuantizationMode.INT8_TRANSFORMER:
+        return OPENVINO_TRANSFORMER_PATTERNS
+    return OPENVINO_PATTERNS
+
+
+_SDPA = frozenset({aten.scaled_dot_product_attention.default})
+_SDPA_REASON = ("OpenVINO 2026.4's CPU plugin fails at inference when SDPA inputs are quantized; "
+                "SDPA stays float (write attention as matmuls to quantize it)")
+
+
+def _op_name(node: Node) -> str:
+    """``linear`` for ``aten.linear.default``: the type name an ignored scope matches."""
+    name = getattr(node.target, "__name__", str(node.target))
+    return name.split(".")[0]
+
+
+class OpenVINOQuantizer(TableQuantizer):
+    """Annotate an exported model for OpenVINO (``lowering.to_openvino`` runs it).
+
+    ``mode`` is a :class:`QuantizationMode` (or the reference's enum, or its value);
+    ``group_size`` applies to the 4-bit weight-only modes and must be ``None``
+    (per output channel). The reference's other keyword arguments are NNCF
+    algorithm options and are refused with a message.
+
+    >>> q = OpenVINOQuantizer(mode=QuantizationMode.INT8_TRANSFORMER)
+    >>> q.mode, [p.name for p in q.patterns]
+    (<QuantizationMode.INT8_TRANSFORMER: 'int8_transformer'>, ['conv', 'linear', 'matmul'])
+    >>> OpenVINOQuantizer(mode="int4wo_sym", group_size=128)
+    Traceback (most recent call last):
+    ...
+    pt2e.errors.QuantizationConfigError: OpenVINOQuantizer(mode=INT4WO_SYM, group_size=128): only per-channel 4-bit weights are supported (group_size=None); the converted graph's quantize/dequantize ops have no per-group form
+    """
+
+    patterns = OPENVINO_PATTERNS
+    float_reasons = {_SDPA: _SDPA_REASON}
+
+    def __init__(
+        self, *, mode: Any = QuantizationMode.INT8_SYM, group_size: int | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__()
+        self.mode = _mode(mode, "OpenVINOQuantizer")
+        if kwargs:
+            raise ArgumentValueError(
+                f"OpenVINOQuantizer got unsupported keyword(s) {sorted(kwargs)}: those are NNCF "
+                "algorithm options of the reference quantizer; this one takes mode= and group_size="
+            )
+        if group_size is not None and group_size != -1:
+            if self.mode not in _INT4_MODES:
+                raise ArgumentValueError(
+                    f"OpenVINOQuantizer(mode={self.mode.name}, group_size={group_size}): group_size "
+                    "applies to INT4WO_SYM / INT4WO_ASYM only; drop it"
+                )
+            raise QuantizationConfigError(
+                f"OpenVINOQuantizer(mode={self.mode.name}, group_size={group_size}): only "
+                "per-channel 4-bit weights are supported (group_size=None); the converted graph's "
+                "quantize/dequantize ops have no per-group form"
+            )
+        self.group_size = None
+        self.patterns = _table(self.mode)  # type: ignore[misc]  # the engine reads it per instance
+        self._set_global(get_openvino_quantization_config(self.mode))
+        if self.mode in _INT4_MODES:
+            # NNCF keeps non-matmul layers at its backup precision, 8 bits
+            backup = (QuantizationMode.INT8WO_SYM if self.mode is QuantizationMode.INT4WO_SYM
+                      else QuantizationMode.INT8WO_ASYM)
+            self._set_operator_type(CONV_OPS, get_openvino_quantization_config(backup), "mode")
+        self.ignored_scope: dict[str, Any] = {}
+        self._ignored_nodes: dict[str, str] = {}
+
+    def set_global(self, quantization_config: QuantizationConfig | None) -> OpenVINOQuantizer:
+        """Replace the mode's global config (an extension for :mod:`lowering.backends`' registry).
+
+        >>> q = OpenVINOQuantizer().set_global(get_openvino_quantization_config("int8_mixed"))
+        >>> q.global_config.input_activation.dtype
+        torch.uint8
+        """
+        return self._set_global(quantization_config)
+
+    # --- the reference's configuration API ---------------------------------------------------
+
+    def set_ignored_scope(
+        self,
+        names: Sequence[str] | None = None,
+        patterns: Sequence[str] | None = None,
+        types: Sequence[str] | None = None,
+        subgraphs: Sequence[tuple[Sequence[str], Sequence[str]]] | None = None,
+        validate: bool = True,
+    ) -> None:
+        """Exclude nodes from quantization: the reference's ignored scope, by FX node names.
+
+        ``names``: node names (``"linear_1"``); ``patterns``: regular expressions
+        matched (``re.fullmatch``) against node names; ``types``: operator names
+        (``"linear"``, ``"conv2d"``, ``"matmul"``; ``"aten.linear.default"`` works
+        too); ``subgraphs``: ``(inputs, outputs)`` name lists, every node on a path
+        from an input to an output is ignored. An ignored node's inputs are not
+        quantized for it, so it runs in float. With ``validate=True`` an entry that
+        matches nothing raises :class:`~pt2e.errors.QuantizationConfigError` when
+        the model is annotated. Calling it again replaces the scope, as in the reference.
+
+        >>> import torch
+        >>> m = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+        >>> gm = torch.export.export(m, (torch.randn(1, 4),)).module()
+        >>> q = OpenVINOQuantizer()
+        >>> q.set_ignored_scope(names=["linear_1"])
+        >>> print(q.report(gm))
+        OpenVINOQuantizer: 1 compute op(s) stay float
+          linear_1 (aten.linear.default in '1'): in the ignored scope (names: 'linear_1')
+        >>> q.set_ignored_scope(names=["fc9"])
+        >>> q.report(gm)
+        Traceback (most recent call last):
+        ...
+        pt2e.errors.QuantizationConfigError: OpenVINOQuantizer.set_ignored_scope: names 'fc9' matched no node of the model; use FX node names of the exported graph (e.g. 'linear', 'linear_1'), or pass validate=False
+        """
+        scope: dict[str, Any] = {}
+        for field, value in (("names", names), ("patterns", patterns), ("types", types)):
+            if value is None:
+                continue
+            if isinstance(value, str) or not all(isinstance(v, str) for v in value):
+                raise ArgumentTypeError(
+                    f"OpenVINOQuantizer.set_ignored_scope: {field} must be a list of str, got {value!r}"
+                )
+            if field == "patterns":
+                for p in value:
+                    try:
+                        re.compile(p)
+                    except re.error as e:
+                        raise ArgumentValueError(
+                            f"OpenVINOQuantizer.set_ignored_scope: pattern {p!r} is not a regular "
+                            f"expression ({e})"
+                        ) from None
+            scope[field] = list(value)
+        if subgraphs is not None:
+            pairs = []
+            for sub in subgraphs:
+                if not (isinstance(sub, (tuple, list)) and len(sub) == 2):
+                    raise ArgumentTypeError(
+                        "OpenVINOQuantizer.set_ignored_scope: each subgraph is a pair "
+                        f"(input names, output names), got {sub!r}"
+                    )
+                pairs.append((list(sub[0]), list(sub[1])))
+            scope["subgraphs"] = pairs
+        scope["validate"] = bool(validate)
+        self.ignored_scope = scope
+
+    def _resolve_ignored(self, model: GraphModule) -> dict[str, str]:
+        """``{node name: reason}`` for the ignored scope on ``model``; validates it."""
+        scope = self.ignored_scope
+        nodes = [n for n in model.graph.nodes if n.op == "call_function"]
+        by_name = {n.name: n for n in model.graph.nodes}
+        found: dict[str, str] = {}
+        unmatched: list[str] = []
+        for name in scope.get("names", []):
+            if name in by_name:
+                found[name] = f"names: '{name}'"
+            else:
+                unmatched.append(f"names '{name}'")
+        for pattern in scope.get("patterns", []):
+            hits = [n.name for n in nodes if re.fullmatch(pattern, n.name)]
+            found.update({h: f"patterns: '{pattern}'" for h in hits})
+            if not hits:
+                unmatched.append(f"patterns '{pattern}'")
+        for type_name in scope.get("types", []):
+            hits = [n.name for n in nodes if type_name in (_op_name(n), str(n.target))]
+            found.update({h: f"types: '{type_name}'" for h in hits})
+            if not hits:
+                unmatched.append(f"types '{type_name}'")
+        for inputs, outputs in scope.get("subgraphs", []):
+            missing = [x for x in [*inputs, *outputs] if x not in by_name]
+            if missing:
+                unmatched.append(f"subgraphs {missing}")
+                continue
+            for h in _between([by_name[i] for i in inputs], [by_name[o] for o in outputs]):
+                found[h.name] = f"subgraph {inputs} -> {outputs}"
+        if unmatched and scope.get("validate", True):
+            examples = ", ".join(f"'{n.name}'" for n in nodes[:2] if n.name)
+            raise QuantizationConfigError(
+                f"OpenVINOQuantizer.set_ignored_scope: {'; '.join(unmatched)} matched no node of the "
+                f"model; use FX node names of the exported graph (e.g. {examples}), or pass validate=False"
+            )
+        return found
+
+    # --- annotation ---------------------------------------------------------------------------
+
+    def annotate(self, model: GraphModule) -> GraphModule:
+        """Annotate ``model`` in place for OpenVINO (ignored-scope nodes are claimed and left float)."""
+        self._ignored_nodes = self._resolve_ignored(model)
+        by_name = {n.name: n for n in model.graph.nodes}
+        mark_annotated(by_name[name] for name in self._ignored_nodes)
+        super().annotate(model)
+        reasons = {n: f"in the ignored scope ({why})" for n, why in self._ignored_nodes.items()}
+        self.unquantized_ops = [
+            _replace_reason(op, reasons[op.node]) if op.node in reasons else op
+            for op in self.unquantized_ops
+        ]
+        return model
+
+    def reasons(self) -> dict[frozenset[Any], str]:
+        reasons = dict(self.float_reasons)
+        if self.mode in WEIGHT_ONLY_MODES:
+            reasons[MATMUL_OPS] = f"{self.mode.name} quantizes conv/linear weights only"
+        return reasons
+
+    def transform_for_annotation(self, model: GraphModule) -> GraphModule:
+        """No rewrite is needed before annotation (the reference's hook, kept for compatibility)."""
+        return model
+
+    def validate(self, model: GraphModule) -> None:
+        """Nothing to check after annotation."""
+
+
+def _replace_reason(op: Any, reason: str) -> Any:
+    return dataclasses.replace(op, reason=reason)
+
+
+def _between(inputs: Iterable[Node], outputs: Iterable[Node]) -> list[Node]:
+    """Nodes on a path from one of ``inputs`` to one of ``outputs`` (both ends included)."""
+    forward: set[Node] = set()
+    stack = list(inputs)
+    while stack:
+        n = stack.pop()
+        if n not in forward:
+            forward.add(n)
+            stack.extend(n.users)
+    backward: set[Node] = set()
+    stack = list(outputs)
+    while stack:
+        n = stack.pop()
+        if n not in backward:
+            backward.add(n)
+            stack.extend(n.all_input_nodes)
+    return [n for n in forward & backward if n.op == "call_function"]

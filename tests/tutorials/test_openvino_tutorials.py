@@ -1,0 +1,23 @@
+"""The OpenVINO and XPU tutorials run end to end at their small default sizes."""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_openvino_tutorial():
+    pytest.importorskip("openvino")
+    from tutorials import openvino
+
+    result = openvino.main()
+    assert min(result.values()) >= 30.0, result
+
+
+def test_xpu_inductor_tutorial():
+    pytest.importorskip("openvino")
+    from tutorials import xpu_inductor
+
+    result = xpu_inductor.main()
+    assert result["sqnr_openvino_db"] >= 30.0 and result["sqnr_eager_db"] >= 30.0, result
