@@ -9,6 +9,10 @@ is a ``--backend`` choice (a unique prefix works: ``x86`` is ``x86_inductor``).
   report (int8 vs float ops, SQNR on a held-back batch, sizes).
 * ``pt2e inspect MODEL.pt2 [--backend B]``: what the quantizer would observe and
   which compute ops would stay float, without calibrating.
+* ``pt2e compare FLOAT.pt2 QUANTIZED.pt2 --data DATA [--out TABLE]``: the numeric
+  debugger's per-layer table (worst layer first) of a program ``pt2e quantize`` wrote
+  for x86 (the converted graph) against the float program; ``--out`` saves it as
+  ``.md``, ``.csv``, ``.json`` or a ``.png`` plot.
 * ``pt2e backends``: the registered backends.
 
 Calibration data (``--calib``): a ``.pt`` file holding a tensor (one batch), a tuple
@@ -188,6 +192,16 @@ def _write_artefact(lowered: Any, converted: torch.fx.GraphModule, example: Batc
     return out
 
 
+def _float_module(program: torch.export.ExportedProgram) -> torch.fx.GraphModule:
+    """The program's module with numeric debug handles, numbered the same way on every load,
+    so a converted program written by ``quantize`` can be compared with the float file."""
+    from pt2e import generate_numeric_debug_handle
+
+    model = program.module()
+    generate_numeric_debug_handle(model)
+    return model
+
+
 def _quantize(args: argparse.Namespace) -> int:
     from pt2e import calibrate, prepare_pt2e, quantization_report
 
@@ -196,7 +210,7 @@ def _quantize(args: argparse.Namespace) -> int:
     batches = load_batches(args.calib, args.batches)
     held_back = batches[-1]
     calib = batches[:-1] if len(batches) > 1 else batches
-    model = program.module()
+    model = _float_module(program)
     float_out = _run(model, held_back, "the float model")
 
     quantizer = backend.quantizer(**_config_kwargs(backend, args.config, args.option))
@@ -265,6 +279,20 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from pt2e import compare
+
+    float_model = _float_module(_load_program(args.float_model))
+    quantized = _load_program(args.quantized_model).module()
+    batches = load_batches(args.data, args.batches)
+    report = compare(float_model, quantized, batches)
+    print(report)
+    if args.out:
+        written = report.save(args.out)
+        print(f"\ntable written to {written if written is not None else args.out}")
+    return 0
+
+
 def _backends(args: argparse.Namespace) -> int:
     for b in list_backends():
         print(f"{b.name:14s} {b.description}")
@@ -309,6 +337,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     common(i, backend_required=False)
     i.set_defaults(func=_inspect)
+
+    c = sub.add_parser(
+        "compare", help="per-layer accuracy of a quantized program against the float one",
+        epilog="example: pt2e compare model.pt2 model_int8.pt2 --data calib.pt --out layers.md",
+    )
+    c.add_argument("float_model", metavar="FLOAT", help="the float program (torch.export.save)")
+    c.add_argument("quantized_model", metavar="QUANTIZED",
+                   help="the converted program `pt2e quantize --backend x86` wrote")
+    c.add_argument("--data", required=True, metavar="DATA", help=".pt/.npz file or a folder of them")
+    c.add_argument("--batches", type=int, default=None, metavar="N", help="use at most N batches")
+    c.add_argument("--out", metavar="TABLE", help="save the table (.md, .csv, .json, .png)")
+    c.add_argument("--verbose", action="store_true", help="show tracebacks on errors")
+    c.set_defaults(func=_compare)
 
     b = sub.add_parser("backends", help="list the registered backends", epilog="example: pt2e backends")
     b.set_defaults(func=_backends)

@@ -53,3 +53,46 @@ __all__ = [
     "ArgumentValueError",
     "UnsupportedOperationError",
 ]
+
+# the numeric debugger (torchao-compatible names), per-layer accuracy and fallback
+from .numeric_debugger import (  # noqa: E402
+    CUSTOM_KEY,
+    FROM_NODE_KEY,
+    NUMERIC_DEBUG_HANDLE_KEY,
+    OutputLogger,
+    bfs_trace_with_node_process,
+    compare_results,
+    extract_results_from_loggers,
+    generate_numeric_debug_handle,
+    prepare_for_propagation_comparison,
+)
+
+__all__ += [
+    "generate_numeric_debug_handle",
+    "prepare_for_propagation_comparison",
+    "extract_results_from_loggers",
+    "compare_results",
+    "OutputLogger",
+    "CUSTOM_KEY",
+    "NUMERIC_DEBUG_HANDLE_KEY",
+    "FROM_NODE_KEY",
+    "bfs_trace_with_node_process",
+]
+
+from .accuracy import AccuracyReport, LayerAccuracy, compare  # noqa: E402
+from .fallback import (  # noqa: E402
+    FallbackReport,
+    FallbackResult,
+    KeepFloatQuantizer,
+    accuracy_aware_fallback,
+)
+
+__all__ += [
+    "compare",
+    "AccuracyReport",
+    "LayerAccuracy",
+    "accuracy_aware_fallback",
+    "FallbackReport",
+    "FallbackResult",
+    "KeepFloatQuantizer",
+]

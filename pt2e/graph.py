@@ -29,6 +29,7 @@ __all__ = [
     "PROVENANCE_KEYS",
     "CUSTOM_KEY",
     "DEBUG_HANDLE_KEY",
+    "FROM_NODE_KEY",
     "copy_meta",
     "fresh_attr_name",
     "register_constant",
@@ -46,11 +47,13 @@ __all__ = [
 # torchao's numeric debugger keeps its handle in node.meta["custom"]["numeric_debug_handle"]
 CUSTOM_KEY = "custom"
 DEBUG_HANDLE_KEY = "numeric_debug_handle"
+# torch.fx records where a node came from (a chain of NodeSource) under this key
+FROM_NODE_KEY = "from_node"
 
 #: Metadata a new node inherits from the node it replaces or stands for:
 #: module stack and source line (for messages and backends' module filters),
 #: torch.fx's provenance chain, and the user/debugger ``custom`` dict.
-PROVENANCE_KEYS: tuple[str, ...] = ("nn_module_stack", "stack_trace", "from_node", CUSTOM_KEY)
+PROVENANCE_KEYS: tuple[str, ...] = ("nn_module_stack", "stack_trace", FROM_NODE_KEY, CUSTOM_KEY)
 # what an observer needs besides provenance: it has the same value as the observed node
 _VALUE_KEYS = ("val", "tensor_meta")
 

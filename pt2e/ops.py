@@ -32,6 +32,7 @@ __all__ = [
     "LINEAR_OPS",
     "BATCH_NORM_OPS",
     "COMPUTE_OPS",
+    "DATA_MOVEMENT_OPS",
     "is_quantize",
     "is_dequantize",
     "storage_dtype",
@@ -94,6 +95,19 @@ COMPUTE_OPS = (
     | _all_overloads(aten.matmul, aten.bmm, aten.mm, aten.addmm, aten.baddbmm)
     | {aten.einsum.default, aten.scaled_dot_product_attention.default, aten.embedding.default}
 )
+
+
+# Ops that only move, view or copy data (or are identities at inference): their output
+# is their input's values, so reports and per-layer tables do not list them as compute.
+DATA_MOVEMENT_OPS = frozenset({
+    aten.view.default, aten.reshape.default, aten.permute.default, aten.transpose.int,
+    aten.t.default, aten.expand.default, aten.unsqueeze.default, aten.squeeze.dim,
+    aten.squeeze.dims, aten.squeeze.default, aten.flatten.using_ints, aten.contiguous.default,
+    aten.clone.default, aten.slice.Tensor, aten.select.int, aten._to_copy.default,
+    aten.to.dtype, aten.detach.default, aten.alias.default, aten.dropout.default,
+    aten.unflatten.int, aten.split.Tensor, aten.chunk.default, aten.cat.default,
+    aten.stack.default, aten.index_select.default, aten.unbind.int,
+})
 
 
 def is_quantize(node: object) -> bool:

@@ -26,11 +26,12 @@ from collections import Counter
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+import torch
 from torch.fx import GraphModule, Node
 
 from .errors import ArgumentValueError
 from .graph import module_path
-from .ops import COMPUTE_OPS, is_dequantize, is_quantize
+from .ops import CHOOSE_QPARAMS_OPS, COMPUTE_OPS, DATA_MOVEMENT_OPS, is_dequantize, is_quantize
 
 __all__ = ["OpRecord", "Report", "QuantizationReport", "quantization_report"]
 
@@ -139,11 +140,19 @@ class Report:
 
 @dataclass(frozen=True, kw_only=True)
 class QuantizationReport(Report):
-    """Counts of q/dq ops, and the compute ops (conv, linear, matmul...) by input precision.
+    """Counts of q/dq ops, the compute ops (conv, linear, matmul...) by input precision, and
+    every other operator that stayed float.
 
     A compute op (:data:`pt2e.ops.COMPUTE_OPS`) counts as quantized when every
     floating-point tensor among its first two inputs comes from a dequantize.
-    ``quantized_ops`` and ``float_ops`` are views of :attr:`records`.
+    Every other operator that computes a float tensor from float tensors not all
+    coming from a dequantize (``gelu``, ``layer_norm``, ``softmax``, custom
+    ``torch.library`` ops; not views, copies or q/dq, nor an elementwise post-op such
+    as ``relu`` between an int8 conv/linear and a quantize, which backends fuse into
+    the integer kernel) is recorded as float too, and
+    so is every operator inside a control-flow branch (``torch.cond``: the pipeline
+    quantizes no branch), named ``branch.node``. ``quantized_ops`` and ``float_ops``
+    (compute ops), ``other_float_ops`` and ``branch_ops`` are views of :attr:`records`.
     """
 
     title: str = ""
@@ -169,8 +178,19 @@ class QuantizationReport(Report):
         """One description per compute op left in float (node, operator, module path)."""
         return [
             f"node '{r.node}' (call_function {r.op}" + (f", module '{r.module}')" if r.module else ")")
-            for r in self.float_records
+            for r in self.float_records if _is_compute_record(r)
         ]
+
+    @property
+    def other_float_ops(self) -> tuple[OpRecord, ...]:
+        """The non-compute operators (``gelu``, ``layer_norm``, ``softmax``, ``add``, custom
+        ops...) that run on float inputs, branches included."""
+        return tuple(r for r in self.float_records if not _is_compute_record(r))
+
+    @property
+    def branch_ops(self) -> tuple[OpRecord, ...]:
+        """The operators inside control-flow branches (all float)."""
+        return tuple(r for r in self.records if _BRANCH_REASON in r.reason)
 
     def summary(self) -> str:
         lines = [f"quantize ops: {self.quantize}, dequantize ops: {self.dequantize}"]
@@ -178,7 +198,26 @@ class QuantizationReport(Report):
         float_ops = self.float_ops
         lines.append(f"compute ops left in float: {len(float_ops)}")
         lines += [f"  {d}" for d in float_ops]
+        others = self.other_float_ops
+        if others:
+            by_op: dict[str, list[str]] = {}
+            for r in others:
+                by_op.setdefault(r.op, []).append(r.node)
+            lines.append(f"other ops left in float: {len(others)}")
+            for op, nodes in sorted(by_op.items()):
+                shown = ", ".join(nodes[:4]) + (", ..." if len(nodes) > 4 else "")
+                lines.append(f"  {op}: {len(nodes)} ({shown})")
         return "\n".join(lines)
+
+
+_BRANCH_REASON = "inside control-flow branch"
+
+
+def _is_compute_record(r: OpRecord) -> bool:
+    return r.op in _COMPUTE_NAMES
+
+
+_COMPUTE_NAMES = frozenset(str(op) for op in COMPUTE_OPS)
 
 
 def _is_float_tensor(node: Node) -> bool:
@@ -221,24 +260,88 @@ def quantization_report(model: GraphModule) -> QuantizationReport:
     >>> print(report.float_records[1])
     linear_1 (aten.linear.default in 'out'): float input 'linear', 'out_weight' (not from a dequantize)
     """
+    from .numeric_debugger import control_flow_subgraphs
+
     quantize = dequantize = 0
     records: list[OpRecord] = []
-    for node in model.graph.nodes:
-        if is_quantize(node):
-            quantize += 1
-        elif is_dequantize(node):
-            dequantize += 1
-        elif node.op == "call_function" and node.target in COMPUTE_OPS:
-            float_inputs = _float_inputs(node)
-            op, module = str(node.target), module_path(node)
-            if float_inputs == []:
-                records.append(OpRecord(node=node.name, op=op, precision=INT8, module=module))
-            else:
-                records.append(OpRecord(
-                    node=node.name, op=op, precision="float", module=module,
-                    reason=_float_reason(node, float_inputs),
-                ))
+    queue: list[tuple[str, GraphModule]] = [("", model)]
+    while queue:
+        prefix, gm = queue.pop(0)
+        fused: set[Node] = set()  # int8 compute ops and the post-ops a backend fuses into them
+        for node in gm.graph.nodes:
+            if is_quantize(node):
+                quantize += 1
+            elif is_dequantize(node):
+                dequantize += 1
+            elif (record := _record(node, prefix, fused)) is not None:
+                records.append(record)
+        queue += [(f"{prefix}{name}.", sub) for name, sub, _ in control_flow_subgraphs(gm)]
     return QuantizationReport(quantize=quantize, dequantize=dequantize, records=tuple(records))
+
+
+def _is_other_compute(node: Node) -> bool:
+    """An operator computing a float tensor that is not a view/copy, a q/dq or a constant."""
+    target = node.target
+    if not isinstance(target, torch._ops.OpOverload) or target in DATA_MOVEMENT_OPS:
+        return False
+    if target.namespace == "quantized_decomposed" or target in CHOOSE_QPARAMS_OPS:
+        return False
+    if not any(isinstance(a, Node) and _is_float_tensor(a) for a in node.all_input_nodes):
+        return False
+    val = node.meta.get("val")
+    dtype = getattr(val, "dtype", None)
+    return dtype is None or bool(dtype.is_floating_point)
+
+
+_aten = torch.ops.aten
+# elementwise post-ops that int8 conv/linear kernels fuse (oneDNN, XNNPACK, OpenVINO, ORT):
+# between an int8 compute op and a quantize they run inside the integer kernel
+_POST_OPS = frozenset({
+    _aten.relu.default, _aten.relu_.default, _aten.hardtanh.default, _aten.hardtanh_.default,
+    _aten.gelu.default, _aten.silu.default, _aten.silu_.default, _aten.hardswish.default,
+    _aten.hardswish_.default, _aten.leaky_relu.default, _aten.tanh.default,
+    _aten.sigmoid.default, _aten.add.Tensor, _aten.add_.Tensor,
+})
+
+
+def _feeds_quantize(node: Node, depth: int = 3) -> bool:
+    """Whether every user of ``node`` is a quantize, directly or through further post-ops."""
+    if not node.users or depth == 0:
+        return False
+    return all(is_quantize(u) or (u.target in _POST_OPS and _feeds_quantize(u, depth - 1))
+               for u in node.users)
+
+
+def _is_fused_post_op(node: Node, fused: set[Node]) -> bool:
+    if node.target not in _POST_OPS:
+        return False
+    inputs = [a for a in node.all_input_nodes if _is_float_tensor(a)]
+    return (any(a in fused for a in inputs) and all(a in fused or is_dequantize(a) for a in inputs)
+            and _feeds_quantize(node))
+
+
+def _record(node: Node, prefix: str, fused: set[Node]) -> OpRecord | None:
+    if node.op != "call_function":
+        return None
+    op, module, name = str(node.target), module_path(node), prefix + node.name
+    branch = f"{_BRANCH_REASON} '{prefix[:-1]}' (control flow is not quantized)" if prefix else ""
+    if node.target in COMPUTE_OPS:
+        float_inputs = _float_inputs(node)
+        if float_inputs == [] and not prefix:
+            fused.add(node)
+            return OpRecord(node=name, op=op, precision=INT8, module=module)
+        return OpRecord(node=name, op=op, precision="float", module=module,
+                        reason=branch or _float_reason(node, float_inputs))
+    if not _is_other_compute(node):
+        return None
+    if not prefix and _is_fused_post_op(node, fused):
+        fused.add(node)
+        return None  # conv -> relu -> quantize: the relu runs inside the int8 kernel
+    float_inputs = [a for a in node.all_input_nodes if not is_dequantize(a) and _is_float_tensor(a)]
+    if not float_inputs and not prefix:
+        return None  # runs on dequantized values: a backend can fuse it into int8
+    return OpRecord(node=name, op=op, precision="float", module=module,
+                    reason=branch or "no int8 pattern: " + _float_reason(node, float_inputs))
 
 
 def _float_reason(node: Node, float_inputs: list[Node] | None) -> str:

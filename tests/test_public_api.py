@@ -24,6 +24,11 @@ PUBLIC: dict[str, list[str]] = {
         "allow_exported_model_train_eval", "Pt2eError", "QuantizationConfigError",
         "ObserverStateError", "AnnotationError", "NotExportedModelError", "PipelineStateError",
         "ArgumentTypeError", "ArgumentValueError", "UnsupportedOperationError",
+        "generate_numeric_debug_handle", "prepare_for_propagation_comparison",
+        "extract_results_from_loggers", "compare_results", "OutputLogger", "CUSTOM_KEY",
+        "NUMERIC_DEBUG_HANDLE_KEY", "FROM_NODE_KEY", "bfs_trace_with_node_process",
+        "compare", "AccuracyReport", "LayerAccuracy", "accuracy_aware_fallback",
+        "FallbackReport", "FallbackResult", "KeepFloatQuantizer",
     ],
     "pt2e.errors": [
         "Pt2eError", "QuantizationConfigError", "ObserverStateError", "AnnotationError",

@@ -116,8 +116,8 @@ def test_bad_option_is_a_user_error(files, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("command", [[], ["quantize"], ["inspect"], ["backends"]],
-                         ids=["top", "quantize", "inspect", "backends"])
+@pytest.mark.parametrize("command", [[], ["quantize"], ["inspect"], ["compare"], ["backends"]],
+                         ids=["top", "quantize", "inspect", "compare", "backends"])
 def test_every_command_has_help_with_an_example(command, tmp_path):
     done = _cli(*command, "--help", cwd=tmp_path)
     assert done.returncode == 0 and "example:" in done.stdout
@@ -146,6 +146,16 @@ def test_quantize_for_x86_writes_a_program_that_runs_int8(files):
     program = torch.export.load(files / "out" / "int8.pt2")
     compiled = compile_x86(program.module(), (torch.randn(2, 3, 8, 8),))
     assert compiled.kernels is not None and compiled.kernels.int8["onednn.qlinear_pointwise"] == 1
+
+    # the saved converted program compares layer by layer against the float file
+    done = _cli("compare", "model.pt2", "out/int8.pt2", "--data", "calib.pt", "--out",
+                "out/layers.json", cwd=files)
+    assert done.returncode == 0, done.stderr
+    import json
+
+    rows = json.loads((files / "out" / "layers.json").read_text())
+    text = json.dumps(rows)
+    assert "aten.conv2d.default" in text and "aten.linear.default" in text
 
 
 @pytest.mark.slow
