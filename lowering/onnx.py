@@ -119,6 +119,14 @@ class OnnxModel:
         """Size of the serialized model (weights included)."""
         return int(self.model_proto.ByteSize())
 
+    def save(self, path: str | Path) -> Path:
+        """Write the model to ``path`` as one ``.onnx`` file with its weights inline."""
+        import onnx
+
+        out = Path(path)
+        onnx.save_model(self.model_proto, str(out), save_as_external_data=False)
+        return out
+
 
 def check_onnx_int8(converted: GraphModule, lowered: Any) -> list[str]:
     """Name the int8 conv/linear/matmul of ``converted`` that ``lowered`` (from

@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -213,12 +214,15 @@ class OpenVINOModel:
     """A model compiled by OpenVINO: call it like the PyTorch model; ``report`` says what ran in int8.
 
     ``compiled`` is the ``openvino.CompiledModel``; ``exported`` the
-    ``torch.export.ExportedProgram`` it was converted from.
+    ``torch.export.ExportedProgram`` it was converted from; ``model`` the
+    ``openvino.Model`` (what :meth:`save` writes as IR).
     """
 
-    def __init__(self, compiled: Any, exported: Any, report: OpenVINOReport) -> None:
+    def __init__(self, compiled: Any, exported: Any, report: OpenVINOReport,
+                 model: Any = None) -> None:
         self.compiled = compiled
         self.exported = exported
+        self.model = model
         self._report = report
         self._request = compiled.create_infer_request()
         self._out_spec = exported.call_spec.out_spec
@@ -239,6 +243,23 @@ class OpenVINOModel:
 
     def __repr__(self) -> str:
         return f"OpenVINOModel({self._report.title})"
+
+    def save(self, path: str | Path) -> Path:
+        """Write the OpenVINO IR (``path`` with suffix ``.xml``, weights beside it in ``.bin``).
+
+        Weights are kept as they are (no fp16 compression), so the IR compiles to the
+        same int8 kernels; load it with ``openvino.Core().read_model(path)``.
+        """
+        import openvino as ov
+
+        if self.model is None:
+            raise OpenVINOLoweringError(
+                "this OpenVINOModel was built without its openvino.Model; use to_openvino(...) "
+                "to get one that can be saved"
+            )
+        out = Path(path).with_suffix(".xml")
+        ov.save_model(self.model, str(out), compress_to_fp16=False)
+        return out
 
 
 def to_openvino(
@@ -309,7 +330,7 @@ def to_openvino(
             f"to_openvino: OpenVINO could not compile the model for device {device!r}: {e}"
         ) from e
     report = runtime_report(compiled, inference_precision=inference_precision)
-    return OpenVINOModel(compiled, exported, report)
+    return OpenVINOModel(compiled, exported, report, model=ov_model)
 
 
 def check_openvino_int8(converted: GraphModule, lowered: Any) -> list[str]:

@@ -169,3 +169,33 @@ def test_quantize_for_xnnpack_writes_a_pte_that_runs(files):
     runner = ExecuTorchRunner((files / "model.pte").read_bytes())
     out = runner(torch.randn(2, 3, 8, 8))
     assert out.shape == (2, 16)
+
+
+@pytest.mark.slow
+def test_quantize_for_onnx_writes_a_model_onnxruntime_runs_in_int8(files):
+    done = _cli("quantize", "model.pt2", "--backend", "onnx", "--calib", "calib.pt", "--out",
+                "model.onnx", "--quiet", cwd=files)
+    assert done.returncode == 0, done.stderr
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(files / "model.onnx"), providers=["CPUExecutionProvider"])
+    (out,) = sess.run(None, {sess.get_inputs()[0].name: np.random.randn(2, 3, 8, 8).astype("float32")})
+    assert out.shape == (2, 16)
+    assert "QLinearConv" in done.stdout  # the report read from onnxruntime's optimized graph
+
+
+@pytest.mark.slow
+def test_quantize_for_openvino_writes_ir_that_compiles_to_int8(files):
+    done = _cli("quantize", "model.pt2", "--backend", "openvino", "--calib", "calib.pt", "--out",
+                "ir/model.xml", "--quiet", cwd=files)
+    assert done.returncode == 0, done.stderr
+    import openvino as ov
+
+    from lowering.openvino import runtime_report
+
+    compiled = ov.Core().compile_model(ov.Core().read_model(str(files / "ir" / "model.xml")), "CPU",
+                                       {"INFERENCE_PRECISION_HINT": "f32"})
+    report = runtime_report(compiled, inference_precision="f32")
+    assert report.count("Convolution", precision="int8") >= 1
+    out = compiled.create_infer_request().infer([np.random.randn(2, 3, 8, 8).astype("float32")])
+    assert next(iter(out.values())).shape == (2, 16)
