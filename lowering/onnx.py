@@ -43,7 +43,7 @@ from pt2e.report import Report
 
 from .contract import KernelFamily, LoweringError, check_int8
 from .onnx_checks import OnnxExportError, check_onnx_graph, onnxruntime_report
-from .onnx_translations import translation_table
+from .onnx_translations import conv_plan, translation_table
 
 __all__ = [
     "export_onnx",
@@ -179,8 +179,9 @@ def export_onnx(
     self-contained file). ``dynamic_shapes`` as for ``torch.export.export`` (e.g.
     ``({0: torch.export.Dim("batch")},)``). ``opset`` defaults to 18 (the exporter's
     own); int16 specs need ``opset=21``. ``integer_linear=False`` keeps every
-    ``linear`` in plain QDQ form (onnxruntime then runs those without a following
-    quantize in float). ``check=False`` skips :func:`check_onnx_graph`.
+    ``linear`` and conv in plain QDQ form (onnxruntime then runs those without a
+    following quantize, and int8-activation convs, in float). ``check=False`` skips
+    :func:`check_onnx_graph`.
     ``intra_op_num_threads`` sets the session's threads (0: onnxruntime's default).
 
     A graph ONNX cannot hold is refused before anything is exported:
@@ -217,7 +218,9 @@ def export_onnx(
     with _quiet_exporter():
         program = torch.onnx.export(
             exported, inputs, dynamo=True, opset_version=opset,
-            custom_translation_table=translation_table(integer_linear=integer_linear),
+            custom_translation_table=translation_table(
+                integer_linear=integer_linear,
+                conv=conv_plan(exported) if integer_linear else None),
             verbose=False,
         )
     if program is None:  # pragma: no cover - the dynamo exporter always returns one

@@ -22,6 +22,14 @@ from its registry; :func:`translation_table` is passed as its
   as QDQ around ``Gemm``/``MatMul``, onnxruntime runs it in float whenever no
   quantize follows (X86's linear, any 3-D input: its MatMul+Add fusion inserts
   reshapes between the dequantize and the Gemm) and for dynamic scales.
+* ``conv1d``/``conv2d`` likewise (given a :class:`ConvPlan`): ``ConvInteger`` ->
+  ``Cast`` -> ``Mul(input_scale * weight_scale)`` -> ``Add(bias)``, so onnxruntime runs
+  an integer kernel where its Conv QDQ rule would not (no quantize after the conv, as in
+  X86's conv+add; int8 activations, which its x86 rule refuses). A uint8 conv whose output
+  is quantized stays QDQ: onnxruntime fuses that into ``QLinearConv``. onnxruntime's
+  ``ConvInteger`` takes int8 or uint8 activations but only a per-tensor weight zero point,
+  so a per-channel weight is taken only when its zero points are all 0 (checked on the
+  exported program, where the weights are still tensors).
 
 Each function receives onnxscript IR values, so it can look at the node that
 produced an input (``value.producer()``): that is how the quantize finds its
@@ -33,13 +41,14 @@ produced an input (``value.producer()``): that is how the quantize finds its
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["translation_table", "DTYPE_RANGES", "narrow_range"]
+__all__ = ["translation_table", "DTYPE_RANGES", "narrow_range", "ConvPlan", "conv_plan"]
 
 QD = torch.ops.quantized_decomposed
 
@@ -265,11 +274,143 @@ def linear(input: Any, weight: Any, bias: Any = None) -> Any:
     return out if bias is None else op.Add(out, bias)
 
 
-def translation_table(*, integer_linear: bool = True) -> dict[Any, Callable[..., Any]]:
+# --- int8 convolution ---------------------------------------------------------------------------
+
+_CONVS = (torch.ops.aten.conv1d.default, torch.ops.aten.conv2d.default)
+_RELUS = (torch.ops.aten.relu.default, torch.ops.aten.relu_.default)
+
+
+@dataclass(frozen=True)
+class ConvPlan:
+    """Which convs (named by their int8 weight's placeholder in the exported program, the
+    name the weight keeps as an ONNX value) the conv translation may put on ``ConvInteger``
+    (``integer``: weight zero points per tensor or all 0), and which of those have a quantize
+    after them (``quantized_output``: left QDQ for ``QLinearConv`` when the activations are
+    uint8)."""
+
+    integer: frozenset[str] = frozenset()
+    quantized_output: frozenset[str] = frozenset()
+
+
+def _all_users_quantize(node: Any) -> bool:
+    from pt2e.ops import QUANTIZE_OPS
+
+    users = list(node.users)
+    if len(users) == 1 and users[0].target in _RELUS:
+        users = list(users[0].users)
+    return bool(users) and all(u.target in QUANTIZE_OPS for u in users)
+
+
+def conv_plan(exported: torch.export.ExportedProgram) -> ConvPlan:
+    """The :class:`ConvPlan` of ``exported`` (an ``ExportedProgram`` of a converted model)."""
+    from pt2e.ops import DEQUANTIZE_OPS
+
+    sig = exported.graph_signature
+    keys = {**sig.inputs_to_parameters, **sig.inputs_to_buffers,
+            **sig.inputs_to_lifted_tensor_constants}
+    tensors = {**exported.state_dict, **exported.constants}
+
+    def zeros(arg: Any) -> bool:
+        if isinstance(arg, int):
+            return True  # per tensor: ConvInteger takes any scalar zero point
+        if getattr(arg, "op", None) != "placeholder" or keys.get(arg.name) not in tensors:
+            return False
+        value = tensors[keys[arg.name]]
+        return isinstance(value, torch.Tensor) and not bool(value.any())
+
+    integer: set[str] = set()
+    quantized: set[str] = set()
+    for node in exported.graph.nodes:
+        if node.target not in _CONVS or len(node.args) < 2:
+            continue
+        dq_w = node.args[1]
+        if getattr(dq_w, "target", None) not in DEQUANTIZE_OPS:
+            continue
+        w = dq_w.args[0]
+        if getattr(w, "op", None) != "placeholder":
+            continue
+        if dq_w.target == QD.dequantize_per_channel.default:
+            if dq_w.args[3] != 0 or not zeros(dq_w.args[2]):
+                continue
+        elif not isinstance(dq_w.args[2], int):
+            continue
+        integer.add(w.name)
+        if _all_users_quantize(node):
+            quantized.add(w.name)
+    return ConvPlan(frozenset(integer), frozenset(quantized))
+
+
+def _ints(value: Any, n: int) -> list[int]:
+    if isinstance(value, Iterable):
+        out = [int(v) for v in value]
+        return out * n if len(out) == 1 else out
+    return [int(value)] * n
+
+
+def _conv_operands(input: Any, weight: Any, plan: ConvPlan) -> tuple[Any, Any] | None:
+    """The input's and weight's DequantizeLinear when the conv goes on ``ConvInteger``: an
+    8-bit per-tensor input, a planned int8 weight, and not (uint8 input and a quantize after
+    it), which onnxruntime already fuses into ``QLinearConv``."""
+    ir = _ir()
+    dq_x = _producer(input, "DequantizeLinear", through=())
+    dq_w = _producer(weight, "DequantizeLinear", through=())
+    if dq_x is None or dq_w is None or len(dq_w.inputs) < 2:
+        return None
+    w_q, x_q, x_scale = dq_w.inputs[0], dq_x.inputs[0], dq_x.inputs[1]
+    if w_q.producer() is not None or w_q.name not in plan.integer \
+            or w_q.dtype != ir.DataType.INT8:
+        return None
+    if x_q.dtype not in (ir.DataType.UINT8, ir.DataType.INT8) or (
+            x_scale.shape is not None and len(x_scale.shape) > 0):
+        return None
+    if x_q.dtype == ir.DataType.UINT8 and w_q.name in plan.quantized_output:
+        return None  # DQ -> Conv -> Q: onnxruntime makes it QLinearConv
+    return dq_x, dq_w
+
+
+def _conv_translation(plan: ConvPlan, spatial: int) -> Callable[..., Any]:
+    def conv(input: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any = 0,
+             dilation: Any = 1, groups: int = 1) -> Any:
+        """An int8 conv as ``ConvInteger`` -> Cast -> Mul -> Add; otherwise torchlib's."""
+        op, ir = _ops(), _ir()
+        operands = _conv_operands(input, weight, plan)
+        if operands is None:
+            from onnxscript.function_libs.torch_lib.ops import core
+
+            fallback = core.aten_conv1d if spatial == 1 else core.aten_conv2d
+            return fallback(input, weight, bias, _ints(stride, spatial),
+                            _ints(padding, spatial), _ints(dilation, spatial), groups)
+        dq_x, dq_w = operands
+        x_q, x_scale, w_q = dq_x.inputs[0], dq_x.inputs[1], dq_w.inputs[0]
+        x_zp = dq_x.inputs[2] if len(dq_x.inputs) > 2 and dq_x.inputs[2] is not None else \
+            _const(0, torch.uint8 if x_q.dtype == ir.DataType.UINT8 else torch.int8)
+        pads = _ints(padding, spatial)
+        attrs = {"strides": _ints(stride, spatial), "pads": pads + pads,
+                 "dilations": _ints(dilation, spatial), "group": int(groups)}
+        w_scale = dq_w.inputs[1]
+        per_tensor_w = "axis" not in dq_w.attributes  # our per-tensor DequantizeLinear
+        if per_tensor_w and len(dq_w.inputs) > 2 and dq_w.inputs[2] is not None:
+            acc = op.ConvInteger(x_q, w_q, x_zp, dq_w.inputs[2], **attrs)
+        else:  # per channel: the plan checked the zero points are all 0
+            acc = op.ConvInteger(x_q, w_q, x_zp, **attrs)
+        # per-output-channel factors broadcast over [N, C, *spatial]
+        channel = _const([-1] + [1] * spatial, "int64")
+        out = op.Mul(op.Cast(acc, to=ir.DataType.FLOAT),
+                     op.Reshape(op.Mul(x_scale, w_scale), channel))
+        return out if bias is None else op.Add(out, op.Reshape(bias, channel))
+
+    return conv
+
+
+def translation_table(
+    *, integer_linear: bool = True, conv: ConvPlan | None = None
+) -> dict[Any, Callable[..., Any]]:
     """The ``custom_translation_table`` for ``torch.onnx.export`` (see the module docstring).
 
     ``integer_linear=False`` keeps ``linear`` in QDQ form around ``Gemm``/``MatMul`` (for
     runtimes that fuse QDQ themselves); onnxruntime then runs most of them in float.
+    ``conv`` (from :func:`conv_plan`) adds the ``ConvInteger`` translation of
+    ``conv1d``/``conv2d``; without it convs stay QDQ.
 
     >>> QD.choose_qparams.tensor in translation_table(integer_linear=False)
     True
@@ -287,4 +428,7 @@ def translation_table(*, integer_linear: bool = True) -> dict[Any, Callable[...,
     }
     if integer_linear:
         table[torch.ops.aten.linear.default] = linear
+    if conv is not None:
+        table[torch.ops.aten.conv1d.default] = _conv_translation(conv, 1)
+        table[torch.ops.aten.conv2d.default] = _conv_translation(conv, 2)
     return table

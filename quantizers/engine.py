@@ -188,7 +188,7 @@ class TableQuantizer(Quantizer):
     :meth:`unsupported_reason` (why the backend cannot run one node with one config).
     """
 
-    patterns: ClassVar[PatternTable]
+    patterns: PatternTable  # class-level table; an instance may assign its own
     float_reasons: ClassVar[Mapping[frozenset[Any], str]] = {}
     exclusive_module_scopes: ClassVar[bool] = False
     tracked_ops: ClassVar[frozenset[Any]] = COMPUTE_OPS

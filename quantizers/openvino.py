@@ -209,7 +209,7 @@ class OpenVINOQuantizer(TableQuantizer):
                 "quantize/dequantize ops have no per-group form"
             )
         self.group_size = None
-        self.patterns = _table(self.mode)  # type: ignore[misc]  # the engine reads it per instance
+        self.patterns = _table(self.mode)  # the engine reads it per instance
         self._set_global(get_openvino_quantization_config(self.mode))
         if self.mode in _INT4_MODES:
             # NNCF keeps non-matmul layers at its backup precision, 8 bits

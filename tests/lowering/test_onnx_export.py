@@ -50,14 +50,8 @@ MODELS = {
     "transformer": (TransformerBlock, (2, 8, 32)),
 }
 # what onnxruntime 1.32 on x86 runs in float although the graph has it in int8 (docs/onnx.md):
-# a conv with no quantize after it (X86's conv+add), int8-activation convs (its QDQ fusion
-# allows u8 x s8 only on x86), and attention (no int8 SDPA kernel)
+# attention (no int8 SDPA kernel)
 KNOWN_FLOAT = {
-    ("cnn", "x86"): ["'conv2d_1'"],
-    ("cnn", "x86_reduce_range"): ["'conv2d_1'"],
-    ("cnn", "xnnpack_per_tensor"): ["'conv2d', 'conv2d_1'"],
-    ("cnn", "xnnpack_per_channel"): ["'conv2d', 'conv2d_1'"],
-    ("cnn", "xnnpack_dynamic"): ["'conv2d', 'conv2d_1'"],
     ("transformer", "xnnpack_per_tensor"): ["scaled_dot_product_attention"],
     ("transformer", "xnnpack_per_channel"): ["scaled_dot_product_attention"],
 }
@@ -104,13 +98,43 @@ def test_export_runs_integer_kernels_and_matches_pytorch(mname, qname):
     if "dynamic" in qname:
         assert sum(report.count(k) for k in DYNAMIC_KERNELS) == n_linear, report
     if mname == "cnn" and qname.startswith("x86") and "dynamic" not in qname:
-        assert report.count("QLinearConv") == 1, report
+        # conv-relu-quantize: QDQ, fused by onnxruntime; conv+add (no quantize): ConvInteger
+        assert (report.count("QLinearConv"), report.count("ConvInteger")) == (1, 1), report
+    if mname == "cnn" and qname.startswith("xnnpack"):
+        assert report.count("ConvInteger") == 2, report  # int8 activations: no QLinearConv
     problems = check_onnx_int8(converted, lowered)
     expected = KNOWN_FLOAT.get((mname, qname), [])
     assert len(problems) == len(expected), problems
     for problem, names in zip(problems, expected):
         assert names in problem
     _assert_matches(converted, model, lowered(x), x)
+
+
+class _Conv1d(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv1d(4, 8, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        return self.conv(x) + x[:, :1, ::2]
+
+
+@pytest.mark.parametrize("qname", ["x86", "xnnpack_per_channel"])
+def test_conv1d_runs_conv_integer(qname):
+    model = _Conv1d().eval()
+    converted = _converted(model, (2, 4, 16), QUANTIZERS[qname]())
+    assert any(n.target == torch.ops.aten.conv1d.default for n in converted.graph.nodes)
+    x = torch.randn(2, 4, 16)
+    lowered = export_onnx(converted, (x,))
+    assert lowered.report.count("ConvInteger") == 1, lowered.report
+    assert check_onnx_int8(converted, lowered) == []
+    _assert_matches(converted, model, lowered(x), x)
+
+
+def test_integer_linear_false_keeps_convs_qdq():
+    converted = _converted(SmallCNN().eval(), (2, 3, 8, 8), QUANTIZERS["xnnpack_per_tensor"]())
+    lowered = export_onnx(converted, (torch.randn(2, 3, 8, 8),), integer_linear=False)
+    assert lowered.report.count("ConvInteger") == 0, lowered.report
 
 
 def _qdq_module(qmin, qmax, dtype, scale=0.01, zero_point=0):

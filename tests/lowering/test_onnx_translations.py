@@ -8,7 +8,7 @@ import torch
 
 from lowering import LoweringError, OnnxExportError, check_onnx_graph, onnxruntime_report
 from lowering.onnx_checks import record_for
-from lowering.onnx_translations import narrow_range, translation_table
+from lowering.onnx_translations import ConvPlan, narrow_range, translation_table
 from pt2e.errors import Pt2eError
 
 QD = torch.ops.quantized_decomposed
@@ -96,3 +96,10 @@ def test_onnxruntime_report_reads_the_optimized_graph():
     report = onnxruntime_report(model.SerializeToString(), modules={"linear": "fc", "mm": ""})
     assert [(r.node, r.op, r.precision) for r in report.records] == [
         ("linear", "MatMulInteger", "int8"), ("mm", "MatMul", "float")]
+
+
+def test_conv_translation_only_with_a_plan():
+    conv2d = torch.ops.aten.conv2d.default
+    assert conv2d not in translation_table()
+    assert conv2d in translation_table(conv=ConvPlan())
+    assert torch.ops.aten.conv1d.default in translation_table(conv=ConvPlan())
