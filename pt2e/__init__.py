@@ -23,6 +23,7 @@ from .errors import (
     UnsupportedOperationError,
 )
 from .quantize_pt2e import convert_pt2e, prepare_pt2e, prepare_qat_pt2e
+from .quantizer.export import WrapperModule
 from .report import OpRecord, QuantizationReport, Report, quantization_report
 from .train_eval import (
     allow_exported_model_train_eval,
@@ -43,6 +44,7 @@ __all__ = [
     "move_exported_model_to_eval",
     "move_exported_model_to_train",
     "allow_exported_model_train_eval",
+    "WrapperModule",
     "Pt2eError",
     "QuantizationConfigError",
     "ObserverStateError",

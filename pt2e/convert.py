@@ -24,10 +24,10 @@ from observers.facts import PER_CHANNEL_QSCHEMES, int_range
 
 from .errors import ObserverStateError
 from .fold import constant_value
-from .graph import CUSTOM_KEY, copy_meta, describe_node, register_constant
-from .ops import QD, is_dequantize, storage_dtype
+from .graph import CUSTOM_KEY, USER_META_KEYS, copy_meta, describe_node, register_constant
+from .ops import CHOOSE_QPARAMS_OPS, QD, is_dequantize, is_quantize, storage_dtype
 from .prepare import is_observer_module
-from .quantizer.annotation import get_annotation
+from .quantizer.annotation import get_annotation, is_valid_annotation
 
 __all__ = ["replace_observers", "duplicate_dequantize_per_user", "port_dequantize_metadata", "observer_qparams"]
 
@@ -158,18 +158,74 @@ def _is_dynamic_dq(node: Node) -> bool:
     )
 
 
-def port_dequantize_metadata(model: GraphModule) -> None:
-    """A dequantize of a constant (weight) takes its consumer's module metadata.
+def port_dequantize_metadata(model: GraphModule) -> int:
+    """Port metadata onto the quantize/dequantize nodes convert inserted; return how
+    many nodes received some.
 
-    Backends' module filters read the module stack, which a weight lacks. Its
-    provenance (``from_node``, the debug handle) stays the weight's: the
-    dequantize stands for the weight, not for the operator reading it.
+    * A dequantize of a constant (weight) takes its consumer's module metadata:
+      backends' module filters read the module stack, which a weight lacks. Its
+      provenance (``from_node``, the debug handle) stays the weight's: the
+      dequantize stands for the weight, not for the operator reading it.
+    * The user's tags (:data:`~pt2e.graph.USER_META_KEYS`, e.g.
+      ``quantization_tag``) follow torchao's ``PortNodeMetaForQDQ``: for each node
+      with a valid annotation, the dequantize on each quantized input edge (with
+      ``choose_qparams`` and quantize too when the edge is dynamic) takes the
+      node's tags, and so does the quantize on its quantized output; a quantize of
+      a constant takes the constant's.
     """
+    ported: set[Node] = set()
     for dq in model.graph.nodes:
         if is_dequantize(dq) and "nn_module_stack" not in dq.meta and len(dq.users) == 1:
             own = {k: dq.meta[k] for k in ("from_node", CUSTOM_KEY) if k in dq.meta}
             copy_meta(dq, next(iter(dq.users)))
             dq.meta.update(own)
+            ported.add(dq)
+    for node in model.graph.nodes:
+        ann = get_annotation(node)
+        if ann is None or not is_valid_annotation(ann):
+            continue
+        for input_node, qspec in (getattr(ann, "input_qspec_map", None) or {}).items():
+            if qspec is not None:
+                ported.update(_port_user_meta_to_input(node, input_node))
+        if getattr(ann, "output_qspec", None) is not None:
+            q = next((u for u in node.users if is_quantize(u)), None)
+            if q is not None:
+                _tag(q, node, ported)
+    return len(ported)
+
+
+def _tag(dst: Node, src: Node, ported: set[Node]) -> None:
+    if any(k in src.meta for k in USER_META_KEYS):
+        copy_meta(dst, src, keys=USER_META_KEYS)
+        ported.add(dst)
+
+
+def _traces_back_to(dq: Node, source: Node) -> bool:
+    """Whether only convert's q/dq ops lie between ``source`` and ``dq``."""
+    cur: Any = dq
+    while isinstance(cur, Node) and (is_quantize(cur) or is_dequantize(cur)):
+        cur = cur.args[0]
+    return cur is source
+
+
+def _port_user_meta_to_input(node: Node, input_node: Node) -> set[Node]:
+    ported: set[Node] = set()
+    # cat reads its inputs from a list: look inside it (torchao looks at top-level args only)
+    args = [a for a in node.all_input_nodes if is_dequantize(a) and _traces_back_to(a, input_node)]
+    for dq in args[:1]:
+        _tag(dq, node, ported)
+        q = dq.args[0]
+        if not isinstance(q, Node) or not is_quantize(q):
+            continue
+        scale = q.args[1]
+        if isinstance(scale, Node) and scale.target is operator.getitem:
+            choose = scale.args[0]
+            if isinstance(choose, Node) and choose.target in CHOOSE_QPARAMS_OPS:  # dynamic
+                _tag(q, node, ported)
+                _tag(choose, node, ported)
+        elif isinstance(q.args[0], Node) and q.args[0].op == "get_attr":
+            _tag(q, q.args[0], ported)
+    return ported
 
 
 def duplicate_dequantize_per_user(model: GraphModule) -> int:

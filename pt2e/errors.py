@@ -35,6 +35,7 @@ __all__ = [
     "AnnotationError",
     "NotExportedModelError",
     "PipelineStateError",
+    "ExportedTrainEvalError",
 ]
 
 
@@ -48,3 +49,14 @@ class NotExportedModelError(Pt2eError, TypeError):
 
 class PipelineStateError(Pt2eError, RuntimeError):
     """A pipeline step was called out of order (prepare twice, convert before prepare...)."""
+
+
+class ExportedTrainEvalError(PipelineStateError, UnsupportedOperationError):
+    """``.train()`` / ``.eval()`` was called on an exported (prepared or converted) model.
+
+    Also a ``NotImplementedError`` (through :class:`UnsupportedOperationError`),
+    which is what torchao raises there, so ``except NotImplementedError`` keeps working.
+
+    >>> issubclass(ExportedTrainEvalError, NotImplementedError)
+    True
+    """

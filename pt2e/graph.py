@@ -4,9 +4,10 @@ Every pass of the pipeline (prepare, convert, weight folding, QAT conv-bn,
 batch-norm folding, the reference representation) creates nodes and attributes.
 This module is the only one that
 
-* copies node metadata onto a new node (:func:`copy_meta`, one key list:
-  :data:`PROVENANCE_KEYS`), so that a numeric debugger can follow every
-  inserted node back to the node it stands for;
+* copies node metadata onto a new node (:func:`copy_meta`, two key lists:
+  :data:`PROVENANCE_KEYS`, so that a numeric debugger can follow every
+  inserted node back to the node it stands for, and :data:`USER_META_KEYS`,
+  the user's tags that convert ports to quantize/dequantize nodes as torchao does);
 * makes fresh attribute names and registers constants (:func:`fresh_attr_name`,
   :func:`register_constant`);
 * reads what a ``get_attr`` node reads (:func:`attr_value`, :func:`get_attr_value`);
@@ -27,6 +28,7 @@ from .errors import ArgumentValueError
 
 __all__ = [
     "PROVENANCE_KEYS",
+    "USER_META_KEYS",
     "CUSTOM_KEY",
     "DEBUG_HANDLE_KEY",
     "FROM_NODE_KEY",
@@ -54,15 +56,23 @@ FROM_NODE_KEY = "from_node"
 #: module stack and source line (for messages and backends' module filters),
 #: torch.fx's provenance chain, and the user/debugger ``custom`` dict.
 PROVENANCE_KEYS: tuple[str, ...] = ("nn_module_stack", "stack_trace", FROM_NODE_KEY, CUSTOM_KEY)
+#: User metadata that torchao's ``PortNodeMetaForQDQ`` ports from an annotated node
+#: to the quantize/dequantize nodes of its pattern (torchao also ports ``stack_trace``,
+#: which here follows the :data:`PROVENANCE_KEYS` rule instead). Copied only by
+#: ``copy_meta(..., keys=USER_META_KEYS)``, never with provenance.
+USER_META_KEYS: tuple[str, ...] = ("quantization_tag",)
 # what an observer needs besides provenance: it has the same value as the observed node
 _VALUE_KEYS = ("val", "tensor_meta")
 
 aten = torch.ops.aten
 
 
-def copy_meta(dst: Node, src: Node, *, value: bool = False) -> None:
-    """Copy ``src``'s :data:`PROVENANCE_KEYS` (and with ``value=True`` its
-    ``val``/``tensor_meta``) onto ``dst``; keys ``src`` lacks are left alone.
+def copy_meta(
+    dst: Node, src: Node, *, value: bool = False, keys: tuple[str, ...] = PROVENANCE_KEYS
+) -> None:
+    """Copy ``src``'s ``keys`` (by default :data:`PROVENANCE_KEYS`; and with
+    ``value=True`` its ``val``/``tensor_meta``) onto ``dst``; keys ``src`` lacks
+    are left alone. ``keys=USER_META_KEYS`` copies the user's tags instead.
 
     >>> import torch
     >>> g = torch.fx.Graph()
@@ -76,8 +86,13 @@ def copy_meta(dst: Node, src: Node, *, value: bool = False) -> None:
     >>> copy_meta(b, a, value=True)
     >>> b.meta["val"]
     1.0
+    >>> a.meta["quantization_tag"] = "block1"
+    >>> copy_meta(b, a); "quantization_tag" in b.meta     # not provenance
+    False
+    >>> copy_meta(b, a, keys=USER_META_KEYS); b.meta["quantization_tag"]
+    'block1'
     """
-    for k in PROVENANCE_KEYS:
+    for k in keys:
         if k in src.meta:
             v = src.meta[k]
             # own containers: a debugger that renumbers one node's handle in place

@@ -25,7 +25,7 @@ import types
 import torch
 from torch.fx import GraphModule
 
-from .errors import PipelineStateError
+from .errors import ExportedTrainEvalError
 
 __all__ = [
     "move_exported_model_to_eval",
@@ -36,12 +36,17 @@ __all__ = [
 
 aten = torch.ops.aten
 
-# op -> index of its "train" / "training" argument
+# op -> index of its "train" / "training" argument; the in-place variants are what
+# F.dropout(..., inplace=True) and nn.Dropout(inplace=True) export to
 _TRAIN_FLAG_ARG = {
     aten.dropout.default: 2,
+    aten.dropout_.default: 2,
     aten.feature_dropout.default: 2,
+    aten.feature_dropout_.default: 2,
     aten.alpha_dropout.default: 2,
+    aten.alpha_dropout_.default: 2,
     aten.feature_alpha_dropout.default: 2,
+    aten.feature_alpha_dropout_.default: 2,
     aten.batch_norm.default: 5,
 }
 
@@ -73,6 +78,8 @@ def _set_train_flag(model: GraphModule, train: bool) -> GraphModule:
 
 def move_exported_model_to_eval(model: GraphModule) -> GraphModule:
     """Switch dropout off and batch norm to running statistics in an exported model.
+
+    In-place dropout (``nn.Dropout(inplace=True)``) is switched too.
 
     >>> import torch
     >>> gm = torch.export.export(torch.nn.Dropout(0.5).train(), (torch.ones(8),)).module()
@@ -116,7 +123,7 @@ def allow_exported_model_train_eval(model: GraphModule) -> GraphModule:
 
 
 def _refuse_train(self: GraphModule, mode: bool = True) -> GraphModule:
-    raise PipelineStateError(
+    raise ExportedTrainEvalError(
         "Calling .train() or .eval() on an exported (prepared or converted) model does not "
         "change its dropout or batch norm. Use pt2e.move_exported_model_to_train(model) / "
         "pt2e.move_exported_model_to_eval(model), or call "
@@ -129,7 +136,16 @@ def _refuse_eval(self: GraphModule) -> GraphModule:
 
 
 def disallow_exported_model_train_eval(model: GraphModule) -> GraphModule:
-    """Make ``.train()`` / ``.eval()`` raise a clear error pointing to the helpers above."""
+    """Make ``.train()`` / ``.eval()`` raise :class:`ExportedTrainEvalError`, pointing to the helpers above.
+
+    >>> import torch
+    >>> gm = torch.export.export(torch.nn.Dropout(0.5), (torch.randn(3),)).module()
+    >>> try:
+    ...     disallow_exported_model_train_eval(gm).eval()
+    ... except NotImplementedError as e:
+    ...     type(e).__name__
+    'ExportedTrainEvalError'
+    """
     model.train = types.MethodType(_refuse_train, model)  # type: ignore[method-assign]
     model.eval = types.MethodType(_refuse_eval, model)  # type: ignore[method-assign]
     return model

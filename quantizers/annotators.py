@@ -44,6 +44,7 @@ from pt2e.quantizer import (
     is_annotated,
     mark_annotated,
 )
+from pt2e.quantizer.annotation import get_or_create_annotation
 from pt2e.report import OpRecord
 
 from .patterns import (
@@ -64,6 +65,7 @@ __all__ = [
     "annotate_shared_qparams_op",
     "has_quantized_output",
     "mark_not_quantized",
+    "mark_quantized_pattern_output",
     "is_quantized_node",
     "unquantized_compute_ops",
 ]
@@ -203,6 +205,22 @@ def annotate_shared_qparams_op(
     mark_annotated([node])
     ctx.quantized_outputs.add(node)
     return True
+
+
+def mark_quantized_pattern_output(node: Node) -> None:
+    """Flag ``node`` as the output of a quantized fusion pattern, as torchao's X86 quantizer does.
+
+    Sets the annotation's ``_is_output_of_quantized_pattern`` (torchao's field,
+    read by code written against torchao); prepare and convert ignore it.
+
+    >>> import torch
+    >>> gm = torch.fx.symbolic_trace(torch.nn.ReLU())
+    >>> relu = list(gm.graph.nodes)[1]
+    >>> mark_quantized_pattern_output(relu)
+    >>> get_annotation(relu)._is_output_of_quantized_pattern
+    True
+    """
+    get_or_create_annotation(node)._is_output_of_quantized_pattern = True
 
 
 def mark_not_quantized(nodes: Iterable[Node]) -> None:

@@ -50,6 +50,7 @@ from .annotators import (
     annotate_all_tensor_inputs,
     annotate_shared_qparams_op,
     annotate_weighted_pattern,
+    mark_quantized_pattern_output,
 )
 from .engine import TableQuantizer, activation_observer, is_dynamic_config, weight_observer
 from .patterns import (
@@ -153,6 +154,7 @@ def _fused(*, quantize_binary_input: bool) -> Callable[[Match, QuantizationConfi
             quantize_binary_input=quantize_binary_input and not is_dynamic_config(config),
             annotate_output=qat_bn,
         )
+        mark_quantized_pattern_output(match.last)
 
     return annotate
 
@@ -193,7 +195,8 @@ X86_PATTERNS.register(name="linear", anchor=LINEAR_OPS, priority=45, dynamic=Tru
 # or a module-name config.
 @X86_PATTERNS.register(name="matmul", anchor=MATMUL_OPS, priority=30, default=False)
 def _annotate_matmul(match: Match, config: QuantizationConfig, ctx: AnnotationContext) -> None:
-    annotate_all_tensor_inputs(match.anchor, config, ctx)
+    if annotate_all_tensor_inputs(match.anchor, config, ctx):
+        mark_quantized_pattern_output(match.anchor)
 
 
 @X86_PATTERNS.register(name="mul", anchor=frozenset({aten.mul.Tensor}), priority=20)
@@ -201,12 +204,14 @@ def _annotate_mul(match: Match, config: QuantizationConfig, ctx: AnnotationConte
     a, b = (match.anchor.args + (None, None))[:2]
     if isinstance(a, Node) and isinstance(b, Node) and is_tensor_node(a) and is_tensor_node(b):
         if a.meta["val"].shape == b.meta["val"].shape:
-            annotate_all_tensor_inputs(match.anchor, config, ctx)
+            if annotate_all_tensor_inputs(match.anchor, config, ctx):
+                mark_quantized_pattern_output(match.anchor)
 
 
 @X86_PATTERNS.register(name="int8_passthrough", anchor=POOL_OPS | CAT_OPS | RESHAPE_OPS, priority=10)
 def _annotate_passthrough(match: Match, config: QuantizationConfig, ctx: AnnotationContext) -> None:
-    annotate_shared_qparams_op(match.anchor, config, ctx, int8_consumers=_INT8_CONSUMERS)
+    if annotate_shared_qparams_op(match.anchor, config, ctx, int8_consumers=_INT8_CONSUMERS):
+        mark_quantized_pattern_output(match.anchor)
 
 
 # module/function type -> the ATen ops it exports to (torchao's mapping, plus conv1d and bmm)

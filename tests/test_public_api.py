@@ -28,12 +28,12 @@ PUBLIC: dict[str, list[str]] = {
         "extract_results_from_loggers", "compare_results", "OutputLogger", "CUSTOM_KEY",
         "NUMERIC_DEBUG_HANDLE_KEY", "FROM_NODE_KEY", "bfs_trace_with_node_process",
         "compare", "AccuracyReport", "LayerAccuracy", "accuracy_aware_fallback",
-        "FallbackReport", "FallbackResult", "KeepFloatQuantizer",
+        "FallbackReport", "FallbackResult", "KeepFloatQuantizer", "WrapperModule",
     ],
     "pt2e.errors": [
         "Pt2eError", "QuantizationConfigError", "ObserverStateError", "AnnotationError",
         "NotExportedModelError", "PipelineStateError", "ArgumentTypeError", "ArgumentValueError",
-        "UnsupportedOperationError",
+        "UnsupportedOperationError", "ExportedTrainEvalError",
     ],
     "pt2e.quantizer": [
         "Quantizer", "ComposableQuantizer", "EdgeOrNode", "QuantizationSpec", "QuantizationSpecBase",
@@ -43,6 +43,8 @@ PUBLIC: dict[str, list[str]] = {
         "is_annotated", "any_annotated", "get_annotation", "get_input_act_qspec",
         "get_output_act_qspec", "get_weight_qspec", "get_bias_qspec", "get_module_name_filter",
         "get_module_type_filter", "get_not_module_type_or_name_filter", "module_stack",
+        "is_valid_annotation", "DuplicateDQPass", "PortNodeMetaForQDQ", "WrapperModule",
+        "model_is_exported",
     ],
     "quantizers": [
         "X86InductorQuantizer", "get_default_x86_inductor_quantization_config",
@@ -52,6 +54,13 @@ PUBLIC: dict[str, list[str]] = {
         "quantize_", "Int4WeightOnlyConfig", "Int8WeightOnlyConfig",
         "Int8DynamicActivationInt8WeightConfig",
         "OpenVINOQuantizer", "QuantizationMode", "get_openvino_quantization_config",
+    ],
+    "quantizers.eager": [
+        "quantize_", "register_quantize_module_handler", "Int4WeightOnlyConfig",
+        "Int8WeightOnlyConfig", "Int8DynamicActivationInt8WeightConfig", "MappingType", "PerRow",
+        "PerTensor", "PerGroup", "Int4PackingFormat", "Int4ChooseQParamsAlgorithm",
+        "QuantizedLinearWeight", "Int4WeightTensor", "Int8WeightTensor", "Int8DynamicWeightTensor",
+        "Kernel", "KERNELS", "select_kernel",
     ],
     "lowering": [
         "Lowered", "LowerFunction", "CheckFunction", "KernelFamily", "check_int8",

@@ -9,6 +9,7 @@ from .annotation import (
     any_annotated,
     get_annotation,
     is_annotated,
+    is_valid_annotation,
     mark_annotated,
 )
 from .base import Quantizer
@@ -22,12 +23,14 @@ from .config import (
     get_output_act_qspec,
     get_weight_qspec,
 )
+from .export import WrapperModule, model_is_exported
 from .filters import (
     get_module_name_filter,
     get_module_type_filter,
     get_not_module_type_or_name_filter,
     module_stack,
 )
+from .passes import DuplicateDQPass, PortNodeMetaForQDQ
 from .spec import (
     DerivedQuantizationSpec,
     EdgeOrNode,
@@ -66,4 +69,10 @@ __all__ = [
     "get_module_type_filter",
     "get_not_module_type_or_name_filter",
     "module_stack",
+    # helpers quantizer authors import from torchao
+    "is_valid_annotation",
+    "DuplicateDQPass",
+    "PortNodeMetaForQDQ",
+    "WrapperModule",
+    "model_is_exported",
 ]

@@ -39,6 +39,7 @@ __all__ = [
     "mark_annotated",
     "is_annotated",
     "any_annotated",
+    "is_valid_annotation",
     "clear_annotation",
 ]
 
@@ -137,6 +138,28 @@ def is_annotated(node: Node) -> bool:
 def any_annotated(nodes: Iterable[Node]) -> bool:
     """Whether any of ``nodes`` is already claimed (example: :func:`mark_annotated`)."""
     return any(is_annotated(n) for n in nodes)
+
+
+def is_valid_annotation(annotation: Any) -> bool:
+    """Whether ``annotation`` quantizes something: it exists and has an input edge
+    or an output spec (torchao's name and rule; read by field, any class).
+
+    A node merely claimed (``mark_annotated`` with nothing quantized) has no valid
+    annotation.
+
+    >>> import torch
+    >>> from observers import MinMaxObserver
+    >>> from pt2e.quantizer.spec import QuantizationSpec
+    >>> spec = QuantizationSpec(dtype=torch.uint8, observer_or_fake_quant_ctr=MinMaxObserver)
+    >>> is_valid_annotation(None), is_valid_annotation(QuantizationAnnotation(_annotated=True))
+    (False, False)
+    >>> is_valid_annotation(QuantizationAnnotation(output_qspec=spec))
+    True
+    """
+    if annotation is None:
+        return False
+    qmap = getattr(annotation, "input_qspec_map", None) or {}
+    return len(qmap) > 0 or getattr(annotation, "output_qspec", None) is not None
 
 
 def clear_annotation(node: Node) -> None:

@@ -61,26 +61,30 @@ def _act(spec: QuantizationSpec | None, field: str) -> QuantizationSpec | None:
     return spec
 
 
-def get_input_act_qspec(config: QuantizationConfig | None) -> QuantizationSpec | None:
-    """The input-activation spec of ``config`` (``None`` when not quantized).
+def get_input_act_qspec(quantization_config: QuantizationConfig | None) -> QuantizationSpec | None:
+    """The input-activation spec of ``quantization_config`` (``None`` when not quantized).
 
-    >>> get_input_act_qspec(None) is None
+    The argument has torchao's name, so keyword calls port unchanged:
+
+    >>> get_input_act_qspec(quantization_config=None) is None
     True
     """
+    config = quantization_config
     return None if config is None else _act(config.input_activation, "input_activation")
 
 
-def get_output_act_qspec(config: QuantizationConfig | None) -> QuantizationSpec | None:
-    """The output-activation spec of ``config`` (``None`` when not quantized).
+def get_output_act_qspec(quantization_config: QuantizationConfig | None) -> QuantizationSpec | None:
+    """The output-activation spec of ``quantization_config`` (``None`` when not quantized).
 
     >>> get_output_act_qspec(QuantizationConfig(None, None, None, None)) is None
     True
     """
+    config = quantization_config
     return None if config is None else _act(config.output_activation, "output_activation")
 
 
-def get_weight_qspec(config: QuantizationConfig | None) -> QuantizationSpec | None:
-    """The weight spec of ``config``; weights must be symmetric (per tensor or per channel).
+def get_weight_qspec(quantization_config: QuantizationConfig | None) -> QuantizationSpec | None:
+    """The weight spec of ``quantization_config``; weights must be symmetric (per tensor or per channel).
 
     >>> import torch
     >>> from observers import MinMaxObserver
@@ -91,6 +95,7 @@ def get_weight_qspec(config: QuantizationConfig | None) -> QuantizationSpec | No
     ...
     pt2e.errors.QuantizationConfigError: QuantizationConfig.weight: qscheme=torch.per_tensor_affine is not supported; allowed: torch.per_tensor_symmetric, torch.per_channel_symmetric, None. Weights are quantized symmetrically.
     """
+    config = quantization_config
     if config is None or config.weight is None:
         return None
     check_qscheme(config.weight.qscheme, WEIGHT_QSCHEMES, owner="QuantizationConfig.weight",
@@ -98,12 +103,13 @@ def get_weight_qspec(config: QuantizationConfig | None) -> QuantizationSpec | No
     return config.weight
 
 
-def get_bias_qspec(config: QuantizationConfig | None) -> QuantizationSpec | None:
-    """The bias spec of ``config``; only float (unquantized) bias is supported, as in torchao.
+def get_bias_qspec(quantization_config: QuantizationConfig | None) -> QuantizationSpec | None:
+    """The bias spec of ``quantization_config``; only float (unquantized) bias is supported, as in torchao.
 
     >>> get_bias_qspec(QuantizationConfig(None, None, None, None)) is None
     True
     """
+    config = quantization_config
     if config is None or config.bias is None:
         return None
     check_dtype(config.bias.dtype, BIAS_DTYPES, owner="QuantizationConfig.bias",

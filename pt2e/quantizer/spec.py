@@ -32,7 +32,7 @@ import enum
 from abc import ABC
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -244,6 +244,11 @@ class QuantizationAnnotation:
     output_qspec: QuantizationSpecBase | None = None
     allow_implicit_sharing: bool = True
     _annotated: bool = False
+    # Not a field (the fields are torchao's QuantizationAnnotation's): a class default
+    # that the X86/XPU quantizers override per instance on the last node of a quantized
+    # fusion pattern, as torchao's _X86InductorQuantizationAnnotation field is set; code
+    # written against torchao reads it, nothing in this pipeline does.
+    _is_output_of_quantized_pattern: ClassVar[bool] = False
 
 
 class SpecKind(enum.Enum):

@@ -47,14 +47,8 @@ class Net(nn.Module):
         return self.attn(h, h, h, need_weights=False)[0]
 
 
-def test_public_names():
-    assert sorted(eager.__all__) == sorted([
-        "quantize_", "register_quantize_module_handler", "Int4WeightOnlyConfig",
-        "Int8WeightOnlyConfig", "Int8DynamicActivationInt8WeightConfig", "MappingType", "PerRow",
-        "PerTensor", "PerGroup", "Int4PackingFormat", "Int4ChooseQParamsAlgorithm",
-        "QuantizedLinearWeight", "Int4WeightTensor", "Int8WeightTensor", "Int8DynamicWeightTensor",
-        "Kernel", "KERNELS", "select_kernel",
-    ])
+def test_public_names_are_the_same_objects_in_quantizers():
+    # quantizers.eager.__all__ itself is pinned in tests/test_public_api.py
     for name in ("quantize_", "Int4WeightOnlyConfig", "Int8WeightOnlyConfig",
                  "Int8DynamicActivationInt8WeightConfig"):
         assert getattr(quantizers, name) is getattr(eager, name)
