@@ -151,14 +151,6 @@ def _config_kwargs(backend: Backend, config: str, options: Sequence[str]) -> dic
     return kwargs
 
 
-def _sqnr(reference: torch.Tensor, actual: torch.Tensor) -> float:
-    ref, act = reference.detach().float(), actual.detach().float()
-    noise = (ref - act).pow(2).mean()
-    if noise == 0:
-        return float("inf")
-    return float(10 * torch.log10(ref.pow(2).mean() / noise))
-
-
 def _first_tensor(out: Any) -> torch.Tensor:
     while isinstance(out, (tuple, list)):
         out = out[0]
@@ -204,6 +196,7 @@ def _float_module(program: torch.export.ExportedProgram) -> torch.fx.GraphModule
 
 def _quantize(args: argparse.Namespace) -> int:
     from pt2e import calibrate, prepare_pt2e, quantization_report
+    from pt2e.numeric_debugger import sqnr
 
     backend = resolve_backend(args.backend)
     program = _load_program(args.model)
@@ -232,8 +225,8 @@ def _quantize(args: argparse.Namespace) -> int:
         f"- calibration: {len(calib)} batch(es) from {args.calib}"
         + (", SQNR on the held-back last batch" if len(batches) > 1 else
            ", SQNR on that same batch (pass two or more batches to hold one back)"),
-        f"- SQNR vs float: converted graph {_sqnr(float_out, converted_out):.1f} dB, "
-        f"{backend.name} artefact {_sqnr(float_out, lowered_out):.1f} dB",
+        f"- SQNR vs float: converted graph {float(sqnr(float_out, converted_out)):.1f} dB, "
+        f"{backend.name} artefact {float(sqnr(float_out, lowered_out)):.1f} dB",
         f"- sizes: model {Path(args.model).stat().st_size / 1e6:.2f} MB, "
         f"artefact {out.stat().st_size / 1e6:.2f} MB ({out})",
         "",

@@ -44,7 +44,7 @@ from torch.utils._pytree import tree_leaves
 from .accuracy import compare, run_batches
 from .errors import ArgumentTypeError, ArgumentValueError
 from .numeric_debugger import _handle as _debug_handle
-from .numeric_debugger import generate_numeric_debug_handle
+from .numeric_debugger import generate_numeric_debug_handle, sqnr
 from .quantize_pt2e import convert_pt2e, prepare_pt2e
 from .quantizer.annotation import clear_annotation, get_annotation
 from .quantizer.base import Quantizer
@@ -176,8 +176,7 @@ def _size_bytes(model: torch.nn.Module) -> int:
 def _output_sqnr(ref: list[Any], out: list[Any]) -> float:
     r = torch.cat([t.reshape(-1).double() for t in tree_leaves(ref) if isinstance(t, torch.Tensor)])
     o = torch.cat([t.reshape(-1).double() for t in tree_leaves(out) if isinstance(t, torch.Tensor)])
-    noise = torch.linalg.vector_norm(r - o)
-    return math.inf if noise == 0 else float(20 * torch.log10(torch.linalg.vector_norm(r) / noise))
+    return float(sqnr(r, o))
 
 
 def accuracy_aware_fallback(

@@ -292,7 +292,8 @@ class TableQuantizer(Quantizer):
             if not is_annotated(node) and (reason := self.unsupported_reason(node, config)) is not None
         }
         self.unquantized_ops = unquantized_compute_ops(model.graph, self.reasons(), backend_reasons)
-        self.skipped = [op for op in self.unquantized_ops if op.node in {n.name for n in backend_reasons}]
+        refused = {n.name for n in backend_reasons}
+        self.skipped = [op for op in self.unquantized_ops if op.node in refused]
         for op in self.unquantized_ops:
             log.info("%s leaves float: %s", type(self).__name__, op)
         if self.skipped:

@@ -43,7 +43,6 @@ from torch.fx import Node
 from pt2e.cpu import cpu_has_vnni
 from pt2e.errors import QuantizationConfigError
 from pt2e.quantizer import QuantizationConfig, QuantizationSpec
-from pt2e.report import Report
 
 from .annotators import (
     AnnotationContext,
@@ -246,6 +245,16 @@ class X86InductorQuantizer(TableQuantizer):
     >>> q = q.set_module_name_qconfig("head", get_default_x86_inductor_quantization_config())
     >>> list(q.module_name_qconfig)
     ['head']
+
+    What stays float, and why (:meth:`report`, from the shared engine):
+
+    >>> m = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Conv1d(1, 1, 1))
+    >>> gm = torch.export.export(m, (torch.randn(1, 4),)).module()
+    >>> q = X86InductorQuantizer().set_global(
+    ...     get_default_x86_inductor_quantization_config(is_dynamic=True))
+    >>> print(q.report(gm))
+    X86InductorQuantizer: 1 compute op(s) stay float
+      conv1d (aten.conv1d.default in '1'): the dynamic config quantizes linear only (pytorch/ao#4292)
     """
 
     # the pattern table is the backend: a quantizer that differs only in its rows
@@ -324,20 +333,3 @@ class X86InductorQuantizer(TableQuantizer):
         if any(is_dynamic_config(c) for c in self.configs()):
             reasons[CONV_OPS] = "the dynamic config quantizes linear only (pytorch/ao#4292)"
         return reasons
-
-    def report(self, model: Any = None) -> Report:
-        """Which compute ops stay float, and why.
-
-        With ``model`` (an exported, not yet annotated graph) a copy is annotated;
-        without, the last :meth:`annotate` call is reported.
-
-        >>> import torch
-        >>> m = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Conv1d(1, 1, 1))
-        >>> gm = torch.export.export(m, (torch.randn(1, 4),)).module()
-        >>> q = X86InductorQuantizer().set_global(
-        ...     get_default_x86_inductor_quantization_config(is_dynamic=True))
-        >>> print(q.report(gm))
-        X86InductorQuantizer: 1 compute op(s) stay float
-          conv1d (aten.conv1d.default in '1'): the dynamic config quantizes linear only (pytorch/ao#4292)
-        """
-        return super().report(model)
