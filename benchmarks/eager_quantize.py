@@ -54,18 +54,15 @@ class ToyLinearModel(nn.Module):
 
 def cpu_info() -> dict[str, Any]:
     """What the figures depend on: the CPU, its ISA as ATen and oneDNN see it, torch, load."""
-    model = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    from pt2e.cpu import cpu_has_vnni, cpu_model
     from quantizers.eager.kernels import int_mm_is_exact
+
+    model = cpu_model()
 
     return {
         "cpu": model,
         "aten_capability": str(torch.backends.cpu.get_cpu_capability()),
-        "vnni": bool(getattr(torch.cpu, "_is_vnni_supported", lambda: False)()),
+        "vnni": cpu_has_vnni(),
         "avx512_bf16": bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()),
         "amx": bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()),
         "int_mm_exact": int_mm_is_exact(),

@@ -14,7 +14,6 @@ import argparse
 import importlib
 import inspect
 import json
-import platform
 import time
 from typing import Any
 
@@ -22,6 +21,7 @@ import torch
 
 from pt2e import accuracy_aware_fallback, convert_pt2e, prepare_pt2e, quantization_report
 from pt2e.accuracy import run_batches
+from pt2e.cpu import cpu_model
 from quantizers import (
     X86InductorQuantizer,
     get_default_x86_inductor_quantization_config,
@@ -84,16 +84,6 @@ def mean_cosine(model: torch.nn.Module, data: list[Any], ref: list[torch.Tensor]
     return float(torch.cat([torch.nn.functional.cosine_similarity(o, r) for o, r in zip(outs, ref)]).mean())
 
 
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--calib", type=int, default=64, help="calibration sentences")
@@ -132,7 +122,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     report = result.report
     int8_linears = quantization_report(result.model).count("linear", precision="int8")
     out = {
-        "cpu": cpu_name(), "reduce_range": reduce_range, "threads": torch.get_num_threads(),
+        "cpu": cpu_model(), "reduce_range": reduce_range, "threads": torch.get_num_threads(),
         "sentences": {"calibration": len(texts[:args.calib]), "evaluation": len(texts[args.calib:])},
         "seq_len": args.seq_len, "full_int8_mean_cosine": round(full_cos, 5),
         "linears": linears, "target": args.target,

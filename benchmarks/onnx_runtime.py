@@ -23,9 +23,7 @@ import dataclasses
 import io
 import json
 import os
-import platform
 import statistics
-import subprocess
 import tempfile
 import time
 import warnings
@@ -183,14 +181,9 @@ def _time_interleaved(sessions: dict[str, Any], x: torch.Tensor, rounds: int, it
 def _machine() -> dict[str, Any]:
     import onnxruntime as ort
 
-    from pt2e.cpu import cpu_has_vnni
+    from pt2e.cpu import cpu_has_vnni, cpu_model
 
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(Exception):
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-        cpu = next(line.split(":", 1)[1].strip() for line in lscpu.splitlines()
-                   if line.startswith("Model name"))
-    return {"cpu": cpu, "vnni": cpu_has_vnni(), "cores": os.cpu_count(), "torch": torch.__version__,
+    return {"cpu": cpu_model(), "vnni": cpu_has_vnni(), "cores": os.cpu_count(), "torch": torch.__version__,
             "onnxruntime": ort.__version__}
 
 

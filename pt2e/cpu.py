@@ -6,9 +6,11 @@ True
 
 from __future__ import annotations
 
+import platform
+
 import torch
 
-__all__ = ["cpu_has_vnni"]
+__all__ = ["cpu_has_vnni", "cpu_model"]
 
 
 def cpu_has_vnni() -> bool:
@@ -23,3 +25,19 @@ def cpu_has_vnni() -> bool:
     """
     is_vnni = getattr(torch.cpu, "_is_vnni_supported", None)
     return bool(is_vnni()) if is_vnni is not None else True
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``, as ``lscpu`` shows it), for figures to name.
+
+    >>> isinstance(cpu_model(), str) and bool(cpu_model())
+    True
+    """
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"

@@ -65,14 +65,10 @@ def median_ms(fns: dict[str, Callable[[], object]], rounds: int, calls: int) -> 
 
 def cpu_line() -> str:
     """The CPU this ran on, as the figures need it."""
-    model = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    vnni = getattr(torch.cpu, "_is_vnni_supported", lambda: False)()
-    return (f"{model}, ATen CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+    from pt2e.cpu import cpu_has_vnni, cpu_model
+
+    vnni = cpu_has_vnni()
+    return (f"{cpu_model()}, ATen CPU capability {torch.backends.cpu.get_cpu_capability()}, "
             f"VNNI {'yes' if vnni else 'no'}, torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
 
 
