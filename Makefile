@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint test-fast install clean
+.PHONY: demo test lint test-fast fuzz install clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ test: lint
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
+
+# The pipeline fuzzer's long profile (tests/fuzz): random models through every backend,
+# PT2E_FUZZ_EXAMPLES per lowering test (default 30: about an hour on 2 loaded cores).
+fuzz: $(STAMP)
+	PT2E_FUZZ_PROFILE=long PT2E_FUZZ_LOG=$${PT2E_FUZZ_LOG:-fuzz.log} $(PY) -m pytest -q tests/fuzz --hypothesis-show-statistics
 
 clean:
 	rm -rf $(VENV) build *.egg-info

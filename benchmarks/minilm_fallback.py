@@ -6,6 +6,10 @@ Metric: mean cosine similarity of the int8 sentence embeddings to the float ones
 
     .venv/bin/python -m benchmarks.minilm_fallback            # the BENCHMARKS.md figures
     .venv/bin/python -m benchmarks.minilm_fallback --calib 16 --eval 16 --seq-len 32  # quick
+    .venv/bin/python -m benchmarks.minilm_fallback --smoothquant-alpha 0.8 --target 0.999
+
+``--smoothquant-alpha A`` runs SmoothQuant (pt2e.smoothing, calibrated on the
+calibration sentences) on the float model before the sensitivity search.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import torch
 from pt2e import accuracy_aware_fallback, convert_pt2e, prepare_pt2e, quantization_report
 from pt2e.accuracy import run_batches
 from pt2e.cpu import cpu_model
+from pt2e.smoothing import SmoothQuant
 from quantizers import (
     X86InductorQuantizer,
     get_default_x86_inductor_quantization_config,
@@ -93,6 +98,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--target", type=float, default=0.997, help="mean cosine to reach")
     p.add_argument("--measure-top", type=int, default=12,
                    help="re-rank this many most sensitive layers by measured benefit")
+    p.add_argument("--smoothquant-alpha", type=float, default=None,
+                   help="run SmoothQuant with this alpha before the search (default: off)")
     args = p.parse_args(argv)
     torch.manual_seed(0)
     texts = sentences(args.calib + args.eval)
@@ -116,16 +123,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     full = convert_pt2e(prepared)
     full_cos = mean_cosine(full, evaluation, float_ref)
     linears = quantization_report(full).count("linear")
+    passes = [] if args.smoothquant_alpha is None else [SmoothQuant(calib, alpha=args.smoothquant_alpha)]
     result = accuracy_aware_fallback(
         gm, quantizer(), calib, eval_data=evaluation,
-        metric=lambda m: mean_cosine(m, evaluation, float_ref), tolerance=1.0 - args.target, measure_top=args.measure_top)
+        metric=lambda m: mean_cosine(m, evaluation, float_ref), tolerance=1.0 - args.target,
+        measure_top=args.measure_top, passes=passes)
     report = result.report
     int8_linears = quantization_report(result.model).count("linear", precision="int8")
     out = {
         "cpu": cpu_model(), "reduce_range": reduce_range, "threads": torch.get_num_threads(),
         "sentences": {"calibration": len(texts[:args.calib]), "evaluation": len(texts[args.calib:])},
         "seq_len": args.seq_len, "full_int8_mean_cosine": round(full_cos, 5),
-        "linears": linears, "target": args.target,
+        "linears": linears, "target": args.target, "passes": list(report.passes),
         "fallback_mean_cosine": round(report.achieved, 5), "met": report.met,
         "float_layers": [f"{r.module} ({r.op})" for r in report.records],
         "int8_linears": int8_linears, "int8_linear_fraction": round(int8_linears / linears, 3),

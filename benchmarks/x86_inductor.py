@@ -4,9 +4,18 @@
 
 Each framework runs in its own worker process (importing torchao's X86 quantizer
 patches Inductor's passes, so the two must never share a process). Inside a
-worker, the fp32-compiled and int8-compiled variants of a model alternate within
-every timing round (interleaved), at 1 and 2 threads; the figures are medians
-over rounds, and the spread (interquartile range / median) says how noisy each is.
+worker, the variants of a model alternate within every timing round
+(interleaved), at 1 and 2 threads; the figures are medians over rounds, and the
+spread (interquartile range / median) says how noisy each is. Variants:
+
+* ``fp32``: the float model, ``torch.compile`` d with freezing (the baseline);
+* ``int8``: the converted graph, ``torch.compile`` d with freezing (no wrapper);
+* ``int8 compile_x86`` (ours): through :func:`lowering.compile_x86`, which now
+  clones the caller's input only when the generated code writes into it;
+* ``int8-mixed-bf16`` (CPUs with native bf16 only): the converted graph compiled and
+  run under ``torch.autocast("cpu", torch.bfloat16)``: torchao's documented recipe,
+  ours through ``compile_x86(..., mixed_bf16=True)``.
+
 Both frameworks use the same recipe: default x86 config, ``reduce_range`` chosen
 for this CPU (``quantizers.x86_needs_reduce_range()``), Inductor with freezing.
 """
@@ -14,6 +23,7 @@ for this CPU (``quantizers.x86_needs_reduce_range()``), Inductor with freezing.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import subprocess
@@ -115,17 +125,37 @@ def _framework(name: str) -> dict[str, Any]:
     return {"prepare": prepare_pt2e, "convert": convert_pt2e, "quantizer": quantizer}
 
 
-def _compile(model: nn.Module, x: torch.Tensor) -> Callable[[torch.Tensor], Any]:
-    # the same wrapper-free compile for both frameworks, so neither pays for input clones
+def _compile(model: nn.Module, x: torch.Tensor, bf16: bool = False) -> Callable[[torch.Tensor], Any]:
+    # the same wrapper-free compile for both frameworks; bf16: int8-mixed-bf16 as torchao
+    # documents it (autocast around the compiled call)
     compiled = torch.compile(model)
-    with torch._inductor.config.patch(freezing=True), torch.no_grad():
-        compiled(x)
 
     def run(inp: torch.Tensor) -> Any:
-        with torch._inductor.config.patch(freezing=True), torch.no_grad():
+        with (torch._inductor.config.patch(freezing=True), torch.no_grad(),
+              torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)):
             return compiled(inp)
 
+    run(x)
     return run
+
+
+def _variants(framework: str, model: nn.Module, converted: nn.Module, x: torch.Tensor) -> dict[str, Callable]:
+    from pt2e.cpu import cpu_has_bf16
+
+    def fresh() -> nn.Module:
+        # each variant compiles its own copy: variants sharing one GraphModule share (and
+        # recompile) one forward code object, and then time each other's compiled code
+        return copy.deepcopy(converted)
+
+    fns = {"fp32": _compile(model, x), "int8": _compile(fresh(), x)}
+    if framework == "ours":
+        from lowering import compile_x86
+
+        fns["int8 compile_x86"] = compile_x86(fresh(), (x,))
+    if cpu_has_bf16():
+        fns["int8-mixed-bf16"] = (compile_x86(fresh(), (x,), mixed_bf16=True) if framework == "ours"
+                                  else _compile(fresh(), x, bf16=True))
+    return fns
 
 
 def _sqnr(ref: torch.Tensor, out: torch.Tensor) -> float:
@@ -157,7 +187,7 @@ def worker(framework: str, quick: bool, rounds: int, only: str | None) -> None:
     warnings.filterwarnings("ignore")
     fw = _framework(framework)
     for name, make, shape in cases(quick):
-        if only and only not in name:
+        if only and not any(o in name for o in only.split(",")):
             continue
         torch.manual_seed(0)
         model = make().eval()
@@ -183,13 +213,13 @@ def worker(framework: str, quick: bool, rounds: int, only: str | None) -> None:
             converted = fw["convert"](prepared)
             row["prepare_convert_s"] = t_prep + time.perf_counter() - t0
             row["note"] = note
-            fp32, int8 = _compile(model, x), _compile(converted, x)
+            fns = _variants(framework, model, converted, x)
             with torch.no_grad():
-                row["sqnr_db"] = _sqnr(model(x), int8(x))
+                ref = model(x)
+                row["sqnr_db"] = {k: _sqnr(ref, fn(x).float()) for k, fn in fns.items() if k != "fp32"}
             for threads in (1, 2):
                 torch.set_num_threads(threads)
-                t = _time({"fp32": fp32, "int8": int8}, x, rounds)
-                row[f"t{threads}"] = t
+                row[f"t{threads}"] = _time(fns, x, rounds)
         except Exception as e:
             row["error"] = f"{type(e).__name__}: {str(e)[:200]}"
         print("ROW " + json.dumps(row), flush=True)
@@ -202,30 +232,38 @@ def _fmt(rows: list[dict[str, Any]]) -> str:
     by = {(r["framework"], r["case"]): r for r in rows}
     names = list(dict.fromkeys(r["case"] for r in rows))
     lines = [
-        "| case | threads | fp32 compiled ms (ours) | int8 ms (ours) | speedup ours | speedup torchao "
-        "| spread ours / torchao | SQNR dB ours / torchao | prepare+convert s ours / torchao |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| case | variant | threads | fp32 compiled ms (ours) | int8 ms (ours) | speedup ours "
+        "| speedup torchao | spread ours / torchao | SQNR dB ours / torchao "
+        "| prepare+convert s ours / torchao |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    nan = float("nan")
     for case in names:
         o, a = by.get(("ours", case), {}), by.get(("torchao", case), {})
-        for th in (1, 2):
-            def sp(r: dict[str, Any], th: int = th) -> str:
-                t = r.get(f"t{th}")
-                return f"{t['fp32']['ms'] / t['int8']['ms']:.2f}x" if t else r.get("error", "n/a")[:40]
+        variants = [k for k in (o.get("t1") or a.get("t1") or {}) if k != "fp32"]
+        for variant in variants:
+            for th in (1, 2):
+                def sp(r: dict[str, Any], th: int = th, v: str = variant) -> str:
+                    t = r.get(f"t{th}")
+                    if not t or v not in t:
+                        return r.get("error", "n/a")[:40] if not t else "-"
+                    return f"{t['fp32']['ms'] / t[v]['ms']:.2f}x"
 
-            def spread(r: dict[str, Any], th: int = th) -> str:
-                t = r.get(f"t{th}")
-                return f"{100 * max(t['fp32']['spread'], t['int8']['spread']):.0f}%" if t else "-"
+                def spread(r: dict[str, Any], th: int = th, v: str = variant) -> str:
+                    t = r.get(f"t{th}")
+                    return f"{100 * max(t['fp32']['spread'], t[v]['spread']):.0f}%" if t and v in t else "-"
 
-            to = o.get(f"t{th}")
-            lines.append(
-                f"| {case} | {th} | {to['fp32']['ms']:.2f} | {to['int8']['ms']:.2f} | " if to else f"| {case} | {th} | - | - | "
-            )
-            lines[-1] += (
-                f"{sp(o)} | {sp(a)} | {spread(o)} / {spread(a)} | "
-                f"{o.get('sqnr_db', float('nan')):.1f} / {a.get('sqnr_db', float('nan')):.1f} | "
-                f"{o.get('prepare_convert_s', float('nan')):.2f} / {a.get('prepare_convert_s', float('nan')):.2f} |"
-            )
+                def sq(r: dict[str, Any], v: str = variant) -> str:
+                    got = r.get("sqnr_db", {})
+                    return f"{got[v]:.1f}" if v in got else "-"
+
+                to = o.get(f"t{th}")
+                ms = f"{to['fp32']['ms']:.2f} | {to[variant]['ms']:.2f}" if to and variant in to else "- | -"
+                lines.append(
+                    f"| {case} | {variant} | {th} | {ms} | {sp(o)} | {sp(a)} | {spread(o)} / {spread(a)} | "
+                    f"{sq(o)} / {sq(a)} | "
+                    f"{o.get('prepare_convert_s', nan):.2f} / {a.get('prepare_convert_s', nan):.2f} |"
+                )
     notes = [f"- torchao, {r['case']}: {r['note']}" for r in rows if r.get("note")]
     return "\n".join(lines + ([""] + notes if notes else []))
 
@@ -234,7 +272,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small sizes, 3 rounds")
     p.add_argument("--rounds", type=int, default=None)
-    p.add_argument("--only", default=None, help="run the cases whose name contains this")
+    p.add_argument("--only", default=None, help="run the cases whose name contains this (comma: any of)")
     p.add_argument("--frameworks", default="ours,torchao")
     p.add_argument("--out", default=None, help="write the raw rows as JSON")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -256,7 +294,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.out:
         with open(args.out, "w") as f:
             json.dump(rows, f, indent=1)
-    print(f"CPU capability: {torch.backends.cpu.get_cpu_capability()}, torch {torch.__version__}")
+    from pt2e.cpu import cpu_has_bf16, cpu_has_vnni, cpu_model
+
+    print(f"CPU: {cpu_model()}, capability {torch.backends.cpu.get_cpu_capability()}, "
+          f"VNNI {cpu_has_vnni()}, bf16 {cpu_has_bf16()}, torch {torch.__version__}")
     print(_fmt(rows))
 
 

@@ -39,6 +39,7 @@ from .executorch import (
 )
 from .executorch_checks import XnnpackLoweringError, check_xnnpack_graph
 from .executorch_runtime import ExecuTorchLoadError, ExecuTorchRunner
+from .x86_checks import X86LoweringError, check_x86_graph
 from .x86_inductor import (
     KernelReport,
     X86CompiledModel,
@@ -68,6 +69,8 @@ __all__ = [
     "lower_pt2e_quantized_to_x86",
     "compile_x86",
     "X86CompiledModel",
+    "X86LoweringError",
+    "check_x86_graph",
     "KernelReport",
     "kernel_report",
     "check_x86_int8",

@@ -42,13 +42,24 @@ every linear whose inputs are dequantized:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+import contextlib
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from torch.fx import GraphModule
+from torch.fx import GraphModule, Node
 
-from pt2e.errors import ArgumentValueError, Pt2eError
+from pt2e.errors import (
+    ArgumentValueError,
+    PipelineStateError,
+    Pt2eError,
+    UnsupportedOperationError,
+)
+from pt2e.graph import describe_node
+from pt2e.ops import AFFINE_CHOOSE_QPARAMS_OPS, AFFINE_DEQUANTIZE_OPS
+from pt2e.prepare import observer_nodes
+from pt2e.quantize_pt2e import CONVERTED_FLAG, PREPARED_FLAG
 from pt2e.report import OpRecord, Report, quantization_report
 
 __all__ = [
@@ -59,6 +70,8 @@ __all__ = [
     "check_int8",
     "LoweringError",
     "NotLoweredYetError",
+    "check_lowerable",
+    "check_affine_ops",
 ]
 
 
@@ -72,6 +85,144 @@ class NotLoweredYetError(LoweringError, AttributeError):
     An ``AttributeError``, so ``hasattr(compiled, "report")`` (and therefore
     ``isinstance(compiled, Lowered)``) is ``False`` until then.
     """
+
+
+# torch's own warnings that every lowering call would print, though nothing the user
+# did causes them (torch 2.13): (category, message regex, module regex)
+TORCH_LOWERING_NOISE: tuple[tuple[type[Warning], str, str], ...] = (
+    # Inductor's oneDNN qlinear lowering copies a weight zero point with torch.tensor(t)
+    (UserWarning, r"To copy construct from a tensor", r"torch\._inductor\."),
+    # compiling imports modules that still define TorchScript methods
+    (DeprecationWarning, r"`torch\.jit\.script_method` is deprecated", r"torch\."),
+)
+
+
+@contextlib.contextmanager
+def quiet_torch_lowering() -> Iterator[None]:
+    """Within the block, hide :data:`TORCH_LOWERING_NOISE` (torch's, not the user's, warnings).
+
+    The filters are scoped with ``warnings.catch_warnings``: the caller's own filters and
+    every other warning are untouched.
+
+    >>> import warnings
+    >>> before = list(warnings.filters)
+    >>> with quiet_torch_lowering():
+    ...     pass
+    >>> warnings.filters == before
+    True
+    """
+    with warnings.catch_warnings():
+        for category, message, module in TORCH_LOWERING_NOISE:
+            warnings.filterwarnings("ignore", message=message, category=category, module=module)
+        yield
+
+
+def check_lowerable(model: Any, where: str) -> None:
+    """Refuse a model that ``prepare_pt2e`` prepared but ``convert_pt2e`` did not convert.
+
+    Every lower function calls this first: lowering a prepared model would compile its
+    observers and return a float model. A float model (never prepared) and a converted
+    one pass.
+
+    >>> import torch
+    >>> from pt2e import prepare_pt2e
+    >>> from quantizers import X86InductorQuantizer, get_default_x86_inductor_quantization_config
+    >>> gm = torch.export.export(torch.nn.Linear(4, 2), (torch.randn(1, 4),)).module()
+    >>> prepared = prepare_pt2e(gm, X86InductorQuantizer().set_global(
+    ...     get_default_x86_inductor_quantization_config()))
+    >>> check_lowerable(prepared, "compile_x86")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    pt2e.errors.PipelineStateError: compile_x86 got a model that is prepared but not converted ...
+    """
+    if not isinstance(model, GraphModule) or model.meta.get(CONVERTED_FLAG):
+        return
+    observers = observer_nodes(model)
+    if model.meta.get(PREPARED_FLAG) or observers:
+        raise PipelineStateError(
+            f"{where} got a model that is prepared but not converted (it has {len(observers)} "
+            "observer(s), e.g. "
+            + ", ".join(f"'{n.target}'" for n in observers[:3])
+            + "): lowering it would compile the observers and run in float. Calibrate it, "
+            f"call convert_pt2e(prepared), and pass the converted model to {where}"
+        )
+
+
+def _affine_kind(dq: Node) -> str:
+    """What an affine dequantize stands for, and how to get it lowered instead."""
+    src, block, scale, _, dtype = dq.args[:5]
+    qmin, qmax = (list(dq.args[5:7]) + [None, None])[:2]
+    dynamic = isinstance(scale, Node) and any(
+        a.target in AFFINE_CHOOSE_QPARAMS_OPS for a in scale.all_input_nodes
+    )
+    rng = f" in [{qmin}, {qmax}]" if qmin is not None else ""
+    what = f"{dtype}{rng}, block_size={list(block)}"  # type: ignore[arg-type]
+    if dynamic:
+        return (
+            f"dynamic per-token/blockwise activations ({what}): use a per-tensor dynamic "
+            "activation spec (PlaceholderObserver with is_dynamic=True, e.g. "
+            "get_symmetric_quantization_config(is_dynamic=True)) for this backend"
+        )
+    weight = isinstance(src, Node) and src.op == "get_attr"
+    if str(dtype).startswith("torch.float8"):
+        return (
+            f"float8 blockwise/per-channel values ({what}): no backend here has float8 "
+            "kernels; quantize to int8 per channel, or run the converted model in PyTorch"
+        )
+    if weight:
+        return (
+            f"per-group/blockwise weights ({what}): for int4 weight-only linears use the eager "
+            "flow, quantizers.quantize_(model, Int4WeightOnlyConfig(group_size=...)), which "
+            "runs CPU int4 kernels; for this backend quantize weights per channel "
+            "(PerChannelMinMaxObserver, qscheme=torch.per_channel_symmetric)"
+        )
+    return (
+        f"blockwise activations ({what}): use a per-tensor activation spec (MinMaxObserver / "
+        "HistogramObserver) for this backend"
+    )
+
+
+def check_affine_ops(model: Any, backend: str) -> None:
+    """Refuse a graph holding ``torch.ops.pt2e`` affine (blockwise) quantize/dequantize ops.
+
+    No backend here has kernels for blockwise quantization (per-group int4 weights,
+    per-token activations, per-channel float8): Inductor would run them as float
+    fallbacks, XNNPACK's partitioner, OpenVINO's frontend and ONNX's exporter do not
+    recognise them. Every lower function calls this first; the error names each
+    affine node, what it quantizes and the path that does lower it. The converted
+    model itself still runs in PyTorch.
+
+    >>> import torch
+    >>> import pt2e  # registers torch.ops.pt2e.*
+    >>> class M(torch.nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.register_buffer("w", torch.ones(4, 8, dtype=torch.int8))
+    ...         self.register_buffer("s", torch.ones(4, 2))
+    ...     def forward(self, x):
+    ...         w = torch.ops.pt2e.dequantize_affine(self.w, [1, 4], self.s, None, torch.int8, -8, 7)
+    ...         return torch.nn.functional.linear(x, w)
+    >>> gm = torch.export.export(M(), (torch.randn(1, 8),)).module()
+    >>> check_affine_ops(gm, "toy")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    pt2e.errors.UnsupportedOperationError: toy cannot lower pt2e's affine quantize/dequantize ops: node 'dequantize_affine' ... per-group/blockwise weights (torch.int8 in [-8, 7], block_size=[1, 4]): ...
+    """
+    if not isinstance(model, GraphModule):
+        return
+    dqs = [n for n in model.graph.nodes if n.op == "call_function" and n.target in AFFINE_DEQUANTIZE_OPS]
+    if not dqs:
+        return
+    lines = [
+        f"{describe_node(dq)}, feeding "
+        + (", ".join(describe_node(u) for u in dq.users) or "the output")
+        + f": {_affine_kind(dq)}"
+        for dq in dqs[:4]
+    ]
+    more = f" (and {len(dqs) - 4} more)" if len(dqs) > 4 else ""
+    raise UnsupportedOperationError(
+        f"{backend} cannot lower pt2e's affine quantize/dequantize ops: "
+        + "; ".join(lines) + more
+        + ". The converted model runs as is in PyTorch (the ops are torch.ops.pt2e.*)."
+    )
 
 
 @runtime_checkable

@@ -1,6 +1,9 @@
 """Lower a converted (q/dq) graph to an ExecuTorch ``.pte`` with the XNNPACK delegate.
 
-``to_executorch`` runs: copy the model, untie shared bias constants, drop
+``to_executorch`` runs: copy the model, untie shared bias constants, give float
+arithmetic float constants instead of Python numbers (ExecuTorch casts an int
+operand with a copy XNNPACK refuses), spell a 2-D/3-D batch norm left unfolded as
+``x * scale + shift`` (XNNPACK fails to load it), drop
 parameters and buffers no node reads, check the graph for quantization XNNPACK
 cannot run, ``torch.export.export``,
 ``executorch.exir.to_edge_transform_and_lower`` with ``XnnpackPartitioner``,
@@ -34,9 +37,11 @@ from torch.fx import GraphModule, Node
 from pt2e.ops import CONV_OPS, CONV_TRANSPOSE_OPS, LINEAR_OPS
 from pt2e.report import OpRecord, Report
 
-from .contract import KernelFamily, check_int8
+from .contract import KernelFamily, check_affine_ops, check_int8, check_lowerable
 from .executorch_checks import (
+    BatchNormToAffinePass,
     DropUnusedConstantsPass,
+    FloatScalarOperandsPass,
     UntieSharedBiasPass,
     XnnpackLoweringError,
     check_xnnpack_graph,
@@ -259,10 +264,14 @@ def to_executorch(
     ...
     lowering.executorch_checks.XnnpackLoweringError: node 'quantize_per_tensor' quantizes to torch.uint8, ...
     """
+    check_affine_ops(model, "to_executorch")
+    check_lowerable(model, "to_executorch")
     inputs = tuple(example_inputs)
     if isinstance(model, GraphModule):
         model = copy.deepcopy(model)
         UntieSharedBiasPass()(model)
+        FloatScalarOperandsPass()(model)
+        BatchNormToAffinePass()(model)
         DropUnusedConstantsPass()(model)
         if check:
             check_xnnpack_graph(model)

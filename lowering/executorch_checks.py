@@ -11,7 +11,8 @@ float bias to int32 with ``input_scale * weight_scale`` of the layer that uses
 it and serialises one tensor per graph node, so a bias shared by two layers
 (a module applied twice) gets the first layer's scale in both. Giving each use
 its own copy of the constant keeps the PyTorch numerics (measured: 6 dB -> 41 dB
-SQNR on a linear applied twice).
+SQNR on a linear applied twice). ``convert_pt2e`` already does this
+(:mod:`pt2e.untie`); the pass stays as a guard for graphs converted elsewhere.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
 from pt2e.errors import Pt2eError
 from pt2e.fold import drop_unused_attributes
-from pt2e.graph import attr_value, copy_meta, module_path, register_constant
+from pt2e.graph import attr_value, batch_norm_args, copy_meta, module_path, register_constant
 from pt2e.ops import (
     CHOOSE_QPARAMS_OPS,
     CONV_OPS,
@@ -34,12 +35,15 @@ from pt2e.ops import (
     PER_CHANNEL_OPS,
     QUANTIZE_OPS,
 )
+from pt2e.untie import untie_shared_bias
 
 __all__ = [
     "XnnpackLoweringError",
     "check_xnnpack_graph",
     "UntieSharedBiasPass",
     "DropUnusedConstantsPass",
+    "FloatScalarOperandsPass",
+    "BatchNormToAffinePass",
     "XNNPACK_WEIGHTED_OPS",
 ]
 
@@ -93,6 +97,15 @@ def _zero_points(gm: GraphModule, node: Node) -> torch.Tensor | None:
     return None
 
 
+def _quant_range(node: Node) -> tuple[int, int] | None:
+    """``(quant_min, quant_max)`` of a q/dq node: the two integers in front of its dtype."""
+    i = next((i for i, a in enumerate(node.args) if isinstance(a, torch.dtype)), None)
+    if i is None or i < 2:
+        return None
+    lo, hi = node.args[i - 2], node.args[i - 1]
+    return (lo, hi) if isinstance(lo, int) and isinstance(hi, int) else None
+
+
 def _where(node: Node) -> str:
     # a weight's q/dq has no module of its own: name the module of the layer that reads it
     module = module_path(node) or next(filter(None, (module_path(u) for u in node.users)), "")
@@ -104,7 +117,9 @@ def check_xnnpack_graph(gm: GraphModule) -> None:
 
     Checked: every quantize/dequantize uses ``torch.int8`` (XNNPACK has no uint8
     or int16 path here: uint8 fails when the ``.pte`` loads, int16 inside the
-    partitioner with an unrelated message); weights are symmetric (zero point 0).
+    partitioner with an unrelated message); weights are symmetric (zero point 0) with a
+    symmetric range or -8..7 (an unsigned range such as 0..15 would clamp every
+    negative weight to 0).
 
     >>> import torch
     >>> qd = torch.ops.quantized_decomposed
@@ -142,6 +157,19 @@ def check_xnnpack_graph(gm: GraphModule) -> None:
                     f"(asymmetric); {consequence}. Use a symmetric weight spec "
                     "(qscheme torch.per_tensor_symmetric or torch.per_channel_symmetric)"
                 )
+            qrange = _quant_range(node)
+            if qrange is not None and qrange[0] != -qrange[1] and qrange != (-8, 7):
+                consequence = (
+                    "XNNPACK has no unsigned weight kernel, and as int8 with zero point 0 every "
+                    "negative weight is clamped to 0"
+                    if qrange[0] >= 0 else "XNNPACK rejects such weights when the .pte is loaded"
+                )
+                raise XnnpackLoweringError(
+                    f"{_where(node)} quantizes a weight to the range {qrange[0]}..{qrange[1]} "
+                    f"(get_symmetric_quantization_config(weight_qmin={qrange[0]}, "
+                    f"weight_qmax={qrange[1]})); {consequence}. Use weight_qmin=-8, weight_qmax=7 "
+                    "with is_per_channel=True for 4-bit weights, or the default -127..127"
+                )
 
 
 def _dtype_consequence(dtype: torch.dtype) -> str:
@@ -177,28 +205,8 @@ class UntieSharedBiasPass(PassBase):
     """
 
     def call(self, graph_module: GraphModule) -> PassResult:
-        gm = graph_module
-        modified = False
-        for node in list(gm.graph.nodes):
-            tensor = _const(gm, node)
-            if tensor is None:
-                continue
-            uses = [
-                u for u in node.users
-                if u.op == "call_function" and u.target in XNNPACK_WEIGHTED_OPS
-                and len(u.args) > 2 and u.args[2] is node
-            ]
-            for i, user in enumerate(uses[1:], start=1):
-                name = register_constant(gm, f"{node.target}_use{i}", tensor.detach().clone())
-                with gm.graph.inserting_before(user):
-                    copy = gm.graph.get_attr(name)
-                copy_meta(copy, node, value=True)
-                user.replace_input_with(node, copy)
-                modified = True
-        if modified:
-            gm.graph.lint()
-            gm.recompile()
-        return PassResult(gm, modified)
+        # convert_pt2e already unties (pt2e.untie); this guard covers graphs converted elsewhere
+        return PassResult(graph_module, untie_shared_bias(graph_module, XNNPACK_WEIGHTED_OPS) > 0)
 
 
 class DropUnusedConstantsPass(PassBase):
@@ -221,3 +229,143 @@ class DropUnusedConstantsPass(PassBase):
 
     def call(self, graph_module: GraphModule) -> PassResult:
         return PassResult(graph_module, drop_unused_attributes(graph_module) > 0)
+
+
+# float arithmetic whose Python-number operand ExecuTorch's edge dialect turns into a tensor
+_SCALAR_OPERAND_OPS = frozenset({aten.add.Tensor, aten.sub.Tensor, aten.mul.Tensor, aten.div.Tensor})
+
+
+class FloatScalarOperandsPass(PassBase):
+    """Give float arithmetic float32 constants instead of Python numbers, and spell
+    ``hardsigmoid`` as ``clamp(x + 3, 0, 6) / 6`` over such constants.
+
+    ExecuTorch's edge dialect turns a Python ``int`` operand (``x / 6``, and the
+    ``+ 3`` and ``/ 6`` of its own ``hardsigmoid`` decomposition) into an int64
+    constant plus a ``_to_dim_order_copy`` to float32, a cast XNNPACK refuses
+    ("invalid dtype"): each such copy runs outside the delegate on every call
+    (measured: 18 on a MobileNetV3, two per squeeze-excite block). Float32
+    constants need no cast. Numerics are unchanged (same values, same ops).
+
+    >>> import torch
+    >>> class M(torch.nn.Module):
+    ...     def forward(self, x):
+    ...         return torch.nn.functional.hardsigmoid(x) / 2
+    >>> gm = torch.export.export(M(), (torch.randn(4),)).module()
+    >>> x = torch.randn(4)
+    >>> before = gm(x)
+    >>> FloatScalarOperandsPass()(gm).modified
+    True
+    >>> [str(n.target) for n in gm.graph.nodes if n.op == "call_function"]
+    ['aten.add.Tensor', 'aten.clamp.default', 'aten.div.Tensor', 'aten.div.Tensor']
+    >>> torch.equal(gm(x), before)
+    True
+    """
+
+    def call(self, graph_module: GraphModule) -> PassResult:
+        gm = graph_module
+        modified = False
+        for node in list(gm.graph.nodes):
+            if node.op != "call_function":
+                continue
+            val = node.meta.get("val")
+            if not isinstance(val, torch.Tensor) or val.dtype != torch.float32:
+                continue
+            if node.target == aten.hardsigmoid.default and not node.kwargs:
+                self._decompose_hardsigmoid(gm, node)
+                modified = True
+            elif node.target in _SCALAR_OPERAND_OPS and not node.kwargs:
+                args = list(node.args)
+                for i, a in enumerate(args[:2]):
+                    if isinstance(a, (int, float)) and not isinstance(a, bool):
+                        args[i] = _float_constant(gm, node, float(a))
+                        modified = True
+                node.args = tuple(args)
+        if modified:
+            gm.graph.lint()
+            gm.recompile()
+        return PassResult(gm, modified)
+
+    @staticmethod
+    def _decompose_hardsigmoid(gm: GraphModule, node: Node) -> None:
+        graph = gm.graph
+        three, six = _float_constant(gm, node, 3.0), _float_constant(gm, node, 6.0)
+        with graph.inserting_before(node):
+            shifted = graph.call_function(aten.add.Tensor, (node.args[0], three))
+            clamped = graph.call_function(aten.clamp.default, (shifted, 0.0, 6.0))
+            out = graph.call_function(aten.div.Tensor, (clamped, six))
+        for new in (shifted, clamped, out):
+            copy_meta(new, node, value=True)
+        node.replace_all_uses_with(out)
+        graph.erase_node(node)
+
+
+def _float_constant(gm: GraphModule, before: Node, value: float) -> Node:
+    name = register_constant(gm, "_scalar", torch.tensor(value, dtype=torch.float32), numbered=True)
+    with gm.graph.inserting_before(before):
+        attr = gm.graph.get_attr(name)
+    return attr
+
+
+class BatchNormToAffinePass(PassBase):
+    """Spell an eval-mode batch norm on a 2-D or 3-D input as ``x * scale + shift``.
+
+    A batch norm that folding left standing (after a pool, an add...) on a
+    ``(N, C)`` or ``(N, C, L)`` input passes XNNPACK's partitioner, which then
+    builds it as a 2-D depthwise convolution that XNNPACK refuses when the ``.pte``
+    loads ("Failed to create depthwise convolution node"): the whole program cannot
+    run. ``scale = weight / sqrt(running_var + eps)`` and ``shift = bias - running_mean *
+    scale`` are constants, so the result equals the batch norm up to float rounding.
+    A 4-D batch norm (XNNPACK runs it) is left alone.
+
+    >>> import torch
+    >>> m = torch.nn.Sequential(torch.nn.MaxPool1d(2), torch.nn.BatchNorm1d(3)).eval()
+    >>> x = torch.randn(2, 3, 8)
+    >>> gm = torch.export.export(m, (x,)).module()
+    >>> BatchNormToAffinePass()(gm).modified
+    True
+    >>> [str(n.target) for n in gm.graph.nodes if n.op == "call_function"]
+    ['aten.max_pool1d.default', 'aten.mul.Tensor', 'aten.add.Tensor']
+    >>> torch.allclose(gm(x), m(x), atol=1e-6)
+    True
+    """
+
+    def call(self, graph_module: GraphModule) -> PassResult:
+        gm = graph_module
+        modified = False
+        for bn in list(gm.graph.nodes):
+            if bn.op != "call_function" or bn.target != aten.batch_norm.default:
+                continue
+            a = batch_norm_args(bn)
+            val = a.input.meta.get("val") if isinstance(a.input, Node) else None
+            rank = val.dim() if isinstance(val, torch.Tensor) else None
+            if a.training or rank not in (2, 3):
+                continue
+            consts = [None if n is None else _const(gm, n) for n in (a.weight, a.bias, a.running_mean, a.running_var)]
+            weight, bias, mean, var = consts
+            if mean is None or var is None or any(
+                    n is not None and c is None for n, c in zip((a.weight, a.bias), (weight, bias))):
+                continue
+            scale = torch.rsqrt(var.float() + a.eps)
+            if weight is not None:
+                scale = scale * weight.float()
+            shift = -mean.float() * scale
+            if bias is not None:
+                shift = shift + bias.float()
+            shape = [-1] + [1] * (rank - 2)
+            s_name = register_constant(gm, "_bn_scale", scale.reshape(shape).detach().clone(), numbered=True)
+            t_name = register_constant(gm, "_bn_shift", shift.reshape(shape).detach().clone(), numbered=True)
+            graph = gm.graph
+            with graph.inserting_before(bn):
+                s_node, t_node = graph.get_attr(s_name), graph.get_attr(t_name)
+                mul = graph.call_function(aten.mul.Tensor, (a.input, s_node))
+                add = graph.call_function(aten.add.Tensor, (mul, t_node))
+            for n in (mul, add):
+                copy_meta(n, bn, value=True)
+            bn.replace_all_uses_with(add)
+            graph.erase_node(bn)
+            modified = True
+        if modified:
+            gm.graph.eliminate_dead_code()
+            gm.graph.lint()
+            gm.recompile()
+        return PassResult(gm, modified)

@@ -41,7 +41,7 @@ from pt2e.graph import module_path
 from pt2e.ops import CONV_OPS, LINEAR_OPS
 from pt2e.report import Report
 
-from .contract import KernelFamily, LoweringError, check_int8
+from .contract import KernelFamily, LoweringError, check_affine_ops, check_int8, check_lowerable
 from .onnx_checks import OnnxExportError, check_onnx_graph, onnxruntime_report
 from .onnx_translations import conv_plan, translation_table
 
@@ -197,6 +197,8 @@ def export_onnx(
     ...
     lowering.onnx_checks.OnnxExportError: node 'quantize_per_tensor' ... from opset 21 on; ...
     """
+    check_affine_ops(model, "export_onnx")
+    check_lowerable(model, "export_onnx")
     if opset < 18:
         raise OnnxExportError(
             f"export_onnx(opset={opset}): the dynamo exporter builds opset 18 and later; "

@@ -38,7 +38,7 @@ from pt2e.graph import copy_meta, get_attr_value, register_constant
 from pt2e.ops import CONV_OPS, LINEAR_OPS, QD
 from pt2e.report import OpRecord, Report
 
-from .contract import KernelFamily, LoweringError, check_int8
+from .contract import KernelFamily, LoweringError, check_affine_ops, check_int8, check_lowerable
 
 __all__ = [
     "to_openvino",
@@ -286,11 +286,13 @@ def to_openvino(
         assert check_openvino_int8(converted, ov_model) == []
         y = ov_model(*example_inputs)          # a torch.Tensor the caller owns
     """
+    check_affine_ops(model, "to_openvino")
     if not isinstance(model, torch.nn.Module):
         raise ArgumentTypeError(
             f"to_openvino expects the converted torch.fx.GraphModule (or an nn.Module), got "
             f"{type(model).__name__}"
         )
+    check_lowerable(model, "to_openvino")
     if inference_precision not in INFERENCE_PRECISIONS:
         raise ArgumentValueError(
             f"to_openvino(inference_precision={inference_precision!r}): pass one of "

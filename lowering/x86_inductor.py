@@ -19,8 +19,17 @@ The result of :func:`compile_x86` follows :mod:`lowering.contract`;
 
 Inductor may turn ``x + qlinear(x)`` into an in-place oneDNN "sum" post-op that
 writes into ``x``; if ``x`` is a model input that is the caller's tensor.
-:class:`X86CompiledModel` therefore hands the compiled code clones of the
-caller's tensors (``protect_inputs=True``, the default).
+:class:`X86CompiledModel` therefore reads the generated code of its first call
+(:func:`written_inputs`) and, from then on, hands the compiled code clones of the
+caller's tensors only if that code writes into one of its inputs
+(``protect_inputs=None``, the default; ``True`` always clones, ``False`` never).
+
+``mixed_bf16=True`` is int8-mixed-bf16 (torchao's recipe: autocast to bfloat16
+around the compiled call): the q/dq patterns still become oneDNN int8 kernels,
+which then write bfloat16 where their consumer is a bfloat16 op, and the
+non-quantized compute (attention, softmax, activations) runs in bfloat16. It
+needs a CPU with native bf16 (AVX512-BF16 or AMX, :func:`pt2e.cpu.cpu_has_bf16`)
+and is refused elsewhere. The kernel report lists the bf16 ops (``report.bf16``).
 """
 
 from __future__ import annotations
@@ -38,11 +47,19 @@ from typing import Any
 import torch
 from torch.fx import GraphModule
 
-from pt2e.cpu import cpu_has_vnni
+from pt2e.cpu import cpu_has_bf16, cpu_has_vnni, cpu_model
+from pt2e.errors import UnsupportedOperationError
 from pt2e.ops import CONV_OPS, LINEAR_OPS
 from pt2e.report import OpRecord, Report
 
-from .contract import KernelFamily, NotLoweredYetError, check_int8
+from .contract import (
+    KernelFamily,
+    NotLoweredYetError,
+    check_affine_ops,
+    check_int8,
+    quiet_torch_lowering,
+)
+from .x86_checks import avoid_unary_then_add, check_x86_lowerable
 
 __all__ = [
     "lower_pt2e_quantized_to_x86",
@@ -51,6 +68,7 @@ __all__ = [
     "KernelReport",
     "kernel_report",
     "check_x86_int8",
+    "written_inputs",
 ]
 
 # extern calls in Inductor's generated code: (label, regex)
@@ -70,7 +88,7 @@ _FLOAT_CALLS = (
     ("addmm", r"extern_kernels\.addmm\("),
     ("bmm", r"extern_kernels\.bmm\("),
     ("baddbmm", r"extern_kernels\.baddbmm\("),
-    ("scaled_dot_product_attention", r"_scaled_dot_product_\w+"),
+    ("scaled_dot_product_attention", r"aten\._scaled_dot_product_\w+"),
 )
 # Inductor pattern-matcher counters for int8 ops that become generated C++ loops
 _INT8_COUNTERS = {
@@ -86,7 +104,10 @@ class KernelReport(Report):
 
     One record per call in the generated code (``node`` is the buffer it writes),
     plus one per pattern-matcher counter for int8 ops Inductor generates as C++
-    loops. ``int8`` and ``float`` count the records by kernel label.
+    loops. ``int8``, ``float`` and ``bf16`` count the records by kernel label:
+    ``float`` the fp32 compute calls, ``bf16`` the compute calls on bfloat16
+    buffers and the generated C++ kernels that write bfloat16 (int8-mixed-bf16).
+    An int8 kernel that writes bfloat16 says so in its ``reason``.
 
     >>> r = kernel_report(["buf1 = torch.ops.onednn.qlinear_pointwise.default(x)",
     ...                    "extern_kernels.mm(a, b, out=c)"])
@@ -116,8 +137,13 @@ class KernelReport(Report):
 
     @property
     def float(self) -> Counter[str]:
-        """Calls of each float compute kernel."""
-        return _by_op(self.float_records)
+        """Calls of each fp32 compute kernel."""
+        return _by_op(tuple(r for r in self.float_records if r.precision == "float"))
+
+    @property
+    def bf16(self) -> Counter[str]:
+        """Calls of each bfloat16 compute kernel (int8-mixed-bf16)."""
+        return _by_op(tuple(r for r in self.float_records if r.precision == BF16))
 
     @property
     def has_int8(self) -> bool:
@@ -128,7 +154,8 @@ class KernelReport(Report):
         def fmt(c: Counter[str]) -> str:
             return ", ".join(f"{k} x{v}" for k, v in sorted(c.items())) or "none"
 
-        return f"int8: {fmt(self.int8)}; float: {fmt(self.float)}"
+        text = f"int8: {fmt(self.int8)}; float: {fmt(self.float)}"
+        return text + (f"; bf16: {fmt(self.bf16)}" if self.bf16 else "")
 
 
 def _by_op(records: Sequence[OpRecord]) -> Counter[str]:
@@ -147,26 +174,93 @@ def _written_buffer(line: str, label: str) -> str:
     return label
 
 
+BF16 = "bf16"
+# Inductor's buffer allocations and C++ kernel signatures in the wrapper code
+_ALLOC = re.compile(r"^\s*(\w+) = empty_strided_cpu\(.*\btorch\.(\w+)\)\s*$")
+_CPP_KERNEL = re.compile(r"^(\w+) = async_compile\.cpp_pybinding\(\[([^\]]*)\]")
+_FIRST_ARG = re.compile(r"\(\s*(?:reinterpret_tensor\(\s*)?(\w+)")
+
+
+def _track_dtype(line: str, dtypes: dict[str, str]) -> None:
+    """Record the dtype of the buffer ``line`` assigns: an allocation's, an extern call's
+    output dtype argument (``torch.bfloat16``), else that of its first input (views, SDPA)."""
+    if m := _ALLOC.match(line):
+        dtypes[m.group(1)] = m.group(2)
+        return
+    if not (m := re.match(r"\s*(\w+)\s*=(?!=)\s*(.*)$", line)):
+        return
+    name, rhs = m.groups()
+    if named := re.findall(r"\btorch\.(bfloat16|float16|float32|uint8|int8)\b", rhs):
+        dtypes[name] = named[-1]
+    elif (first := _FIRST_ARG.search(rhs) or re.match(r"(\w+)", rhs)) and first.group(1) in dtypes:
+        dtypes[name] = dtypes[first.group(1)]
+
+
+def _call_body(module_code: str) -> list[str]:
+    """The lines of the wrapper's ``call`` function (where the kernels are called)."""
+    start = module_code.find("def call(")
+    if start < 0:
+        return []
+    end = module_code.find("\ndef get_args", start)
+    return module_code[start: end if end > 0 else None].splitlines()
+
+
+def _cpp_kernels(module_code: str) -> dict[str, list[str]]:
+    """Each generated C++ kernel's name -> its argument types (``const float*``, ``bfloat16*``)."""
+    kernels = {}
+    for line in module_code.splitlines():
+        if m := _CPP_KERNEL.match(line):
+            kernels[m.group(1)] = [t.strip().strip("'\"") for t in m.group(2).split(",")]
+    return kernels
+
+
 def kernel_report(code: Sequence[str], counters: dict[str, int] | None = None) -> KernelReport:
     """Count oneDNN int8 calls and remaining float compute calls in Inductor output code.
 
     ``counters``: deltas of ``torch._dynamo.utils.counters["inductor"]`` taken
     around the compilation, for int8 ops that are generated loops rather than calls.
+    A compute call whose first input buffer is bfloat16, and a generated C++ kernel
+    that writes bfloat16, are ``bf16`` records.
 
     >>> kernel_report([], {"qmaxpool2d_matcher_count": 2}).int8
     Counter({'max_pool2d (int8 loop)': 2})
+    >>> r = kernel_report(["\\n".join([
+    ...     "def call(args):",
+    ...     "    buf2 = empty_strided_cpu((8, 64), (64, 1), torch.bfloat16)",
+    ...     "    buf5 = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default(buf2)",
+    ...     "    buf9 = torch.ops.onednn.qlinear_pointwise.tensor(buf8, s, z, torch.bfloat16, 'none')"])])
+    >>> r.bf16, r.int8
+    (Counter({'scaled_dot_product_attention': 1}), Counter({'onednn.qlinear_pointwise': 1}))
+    >>> print(r.int8_records[0])
+    buf9 (onednn.qlinear_pointwise): int8 in, bf16 out
     """
     records: list[OpRecord] = []
     for module_code in code:
-        for line in module_code.splitlines():
-            for calls, precision in ((_INT8_CALLS, "int8"), (_FLOAT_CALLS, "float")):
-                for label, pat in calls:
-                    reason = "" if precision == "int8" else "float kernel in the generated code"
-                    node = _written_buffer(line, label)
-                    records += [
-                        OpRecord(node=node, op=label, precision=precision, reason=reason)
-                        for _ in re.findall(pat, line)
-                    ]
+        dtypes: dict[str, str] = {}
+        kernels = _cpp_kernels(module_code)
+        for line in _call_body(module_code) or module_code.splitlines():
+            if line.lstrip().startswith(("#", "assert_")):  # comments and checks name ops too
+                continue
+            _track_dtype(line, dtypes)
+            if (m := re.match(r"\s*(\w+)\(", line)) and m.group(1) in kernels:
+                types = kernels[m.group(1)]
+                if any("bfloat16" in t.lower() and "const" not in t for t in types):  # at::BFloat16*
+                    records.append(OpRecord(node=m.group(1), op="cpp kernel", precision=BF16,
+                                            reason="generated C++ loop writing bfloat16"))
+            for label, pat in _INT8_CALLS:
+                reason = "int8 in, bf16 out" if "torch.bfloat16" in line else ""
+                node = _written_buffer(line, label)
+                records += [OpRecord(node=node, op=label, precision="int8", reason=reason)
+                            for _ in re.findall(pat, line)]
+            for label, pat in _FLOAT_CALLS:
+                first = _FIRST_ARG.search(line)
+                bf16 = first is not None and dtypes.get(first.group(1)) == "bfloat16"
+                node = _written_buffer(line, label)
+                records += [
+                    OpRecord(node=node, op=label, precision=BF16 if bf16 else "float",
+                             reason=f"{'bfloat16' if bf16 else 'float'} kernel in the generated code")
+                    for _ in re.findall(pat, line)
+                ]
     for key, label in _INT8_COUNTERS.items():
         if n := (counters or {}).get(key, 0):
             records.append(OpRecord(node=key, op=label, precision="int8", count=n))
@@ -236,7 +330,10 @@ def lower_pt2e_quantized_to_x86(
     from torch._inductor.constant_folding import constant_fold
     from torch._inductor.fx_passes.freezing_patterns import freezing_passes
 
+    check_affine_ops(model, "lower_pt2e_quantized_to_x86")
+    check_x86_lowerable(model, "lower_pt2e_quantized_to_x86")
     _warn_if_saturating(model)
+    model = avoid_unary_then_add(model, "lower_pt2e_quantized_to_x86")
     with torch.no_grad():
         lowered = (
             torch.export.export(model, tuple(example_inputs), strict=False)
@@ -254,7 +351,7 @@ def lower_pt2e_quantized_to_x86(
             graph.erase_node(node)
     graph.lint()
     lowered.recompile()
-    with torch._inductor.config.patch(freezing=True), torch.no_grad():
+    with torch._inductor.config.patch(freezing=True), torch.no_grad(), quiet_torch_lowering():
         freezing_passes(lowered, example_inputs)
         constant_fold(lowered)
     lowered.recompile()
@@ -347,13 +444,84 @@ def _clone_tensors(args: tuple[Any, ...]) -> tuple[Any, ...]:
     return tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args)
 
 
+_INPUTS = re.compile(r"^\s*((?:\w+\s*,\s*)*\w+\s*,?)\s*=\s*args\s*$")
+_ALIAS = re.compile(r"^\s*(\w+)\s*=\s*(?:reinterpret_tensor\(\s*)?(\w+)\s*(?:[,;)]|$)")
+_CALL = re.compile(r"^\s*(?:\w+\s*=\s*)?([\w.]+)\((.*)\)\s*$")
+
+
+def _call_args(text: str) -> list[str]:
+    """The top-level arguments of a call's argument text (``reinterpret_tensor(buf0, ...)``
+    counts as ``buf0``)."""
+    args, depth, cur = [], 0, ""
+    for ch in text + ",":
+        if ch == "," and depth == 0:
+            args.append(cur.strip())
+            cur = ""
+            continue
+        depth += ch in "([{"
+        depth -= ch in ")]}"
+        cur += ch
+    return [m.group(1) if (m := re.match(r"reinterpret_tensor\(\s*(\w+)", a)) else a for a in args]
+
+
+def written_inputs(module_code: str) -> list[str]:
+    """The inputs of an Inductor wrapper module (``arg0_1``...) its ``call`` writes into.
+
+    A write is a generated C++ kernel given the input (or a view of it) in a
+    non-``const`` pointer slot, an extern kernel with an in-place ``'sum'`` post-op
+    or ``out=`` given it, or an in-place method/op (``copy_``, ``add_``) on it.
+
+    >>> code = "\\n".join([
+    ...     "cpp_fused_add_0 = async_compile.cpp_pybinding(['const float*', 'float*'], '')",
+    ...     "def call(self, args):",
+    ...     "    arg0_1, arg1_1, = args",
+    ...     "    buf0 = empty_strided_cpu((4, 16), (16, 1), torch.uint8)",
+    ...     "    cpp_fused_add_0(arg0_1, buf0)",
+    ...     "    torch.ops.onednn.qlinear_pointwise.binary_tensor(buf0, s, z, w, ws, wz, arg1_1, b, 'sum')",
+    ...     "    return (arg1_1, )"])
+    >>> written_inputs(code)
+    ['arg1_1']
+    """
+    kernels = _cpp_kernels(module_code)
+    inputs: list[str] = []
+    aliases: dict[str, str] = {}  # a view of an input -> the input
+    written: set[str] = set()
+    for line in _call_body(module_code):
+        if not inputs and (m := _INPUTS.match(line)):
+            inputs = [a.strip() for a in m.group(1).split(",") if a.strip()]
+            aliases = {a: a for a in inputs}
+            continue
+        if (m := _ALIAS.match(line)) and m.group(2) in aliases:  # buf1 = reinterpret_tensor(arg0_1, ...)
+            aliases[m.group(1)] = aliases[m.group(2)]
+        if m := re.search(r"\b(\w+)\.\w+_\(", line):  # an in-place method: x.copy_(...)
+            if m.group(1) in aliases:
+                written.add(aliases[m.group(1)])
+        if m := re.search(r"\bout=(\w+)", line):
+            if m.group(1) in aliases:
+                written.add(aliases[m.group(1)])
+        if not (m := _CALL.match(line)):
+            continue
+        name, args = m.group(1), _call_args(m.group(2))
+        if name in kernels:  # a generated C++ kernel: its non-const pointer slots are written
+            slots = [a for a, t in zip(args, kernels[name]) if t.endswith("*") and "const" not in t]
+        elif "'sum'" in line or re.search(r"\.\w+_\.\w+$", name):  # in-place sum / aten.add_.Tensor
+            slots = args if "'sum'" in line else args[:1]
+        else:
+            slots = []
+        written.update(aliases[a] for a in slots if a in aliases)
+    return [a for a in inputs if a in written]
+
+
 class X86CompiledModel:
     """A model compiled by :func:`compile_x86`; call it like the model.
 
     Every call runs under ``torch.no_grad()`` and the scoped ``freezing=True``
-    patch (a recompilation, e.g. for a new batch size, sees the same settings).
-    The first call records the generated code; :attr:`report` (also :attr:`kernels`)
-    reports on it. A :class:`lowering.Lowered`.
+    patch (and, with ``mixed_bf16``, bfloat16 autocast); a recompilation, e.g. for
+    a new batch size, sees the same settings. The first call records the generated
+    code; :attr:`report` (also :attr:`kernels`) reports on it, and
+    :attr:`inputs_written` names the inputs that code writes into: later calls clone
+    the caller's tensors (:attr:`clones_inputs`) only if there is one (or if
+    ``protect_inputs=True``). A :class:`lowering.Lowered`.
 
     >>> import torch
     >>> compiled = compile_x86(torch.nn.Linear(2, 2))     # compiles lazily, on first call
@@ -361,12 +529,18 @@ class X86CompiledModel:
     (True, False)
     """
 
-    def __init__(self, model: torch.nn.Module, *, protect_inputs: bool = True, **compile_kwargs: Any):
+    def __init__(self, model: torch.nn.Module, *, protect_inputs: bool | None = None,
+                 mixed_bf16: bool = False, **compile_kwargs: Any):
         self.model = model
         self.protect_inputs = protect_inputs
-        self._compiled = torch.compile(model, **compile_kwargs)
+        self.mixed_bf16 = mixed_bf16
+        with quiet_torch_lowering():  # the first torch.compile imports Inductor
+            self._compiled = torch.compile(model, **compile_kwargs)
         self.code: list[str] = []
         self.kernels: KernelReport | None = None
+        # whether calls hand the compiled code clones; decided by the first call's code
+        self.clones_inputs = protect_inputs is not False
+        self.inputs_written: list[str] = []
 
     @property
     def report(self) -> KernelReport:
@@ -379,10 +553,13 @@ class X86CompiledModel:
         return self.kernels
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if self.protect_inputs:
+        if self.clones_inputs:
             args = _clone_tensors(args)
             kwargs = dict(zip(kwargs, _clone_tensors(tuple(kwargs.values()))))
-        with torch._inductor.config.patch(freezing=True), torch.no_grad():
+        # without mixed_bf16 a caller's own autocast (torchao's recipe) is left in force
+        bf16 = torch.autocast("cpu", dtype=torch.bfloat16) if self.mixed_bf16 else contextlib.nullcontext()
+        with torch._inductor.config.patch(freezing=True), torch.no_grad(), bf16, \
+                quiet_torch_lowering():
             if self.kernels is None:
                 return self._first_call(args, kwargs)
             return self._compiled(*args, **kwargs)
@@ -400,6 +577,10 @@ class X86CompiledModel:
         delta = {k: v - before.get(k, 0) for k, v in counters["inductor"].items()}
         self.code = list(code)
         self.kernels = kernel_report(code, delta)
+        self.inputs_written = [a for c in code for a in written_inputs(c)]
+        if self.protect_inputs is None:
+            # no captured code (nothing compiled, or Inductor not used): keep cloning
+            self.clones_inputs = bool(self.inputs_written) or not code
         return out
 
 
@@ -407,7 +588,8 @@ def compile_x86(
     model: torch.nn.Module,
     example_inputs: Sequence[Any] | None = None,
     *,
-    protect_inputs: bool = True,
+    protect_inputs: bool | None = None,
+    mixed_bf16: bool = False,
     **compile_kwargs: Any,
 ) -> X86CompiledModel:
     """``torch.compile`` a (converted) model for x86 with freezing on, in a scoped config patch.
@@ -417,13 +599,38 @@ def compile_x86(
     generated code calls and the compute ops that stayed float. Works for float
     models too (the fp32 baseline).
 
+    ``protect_inputs``: ``None`` (default) clones the caller's tensors only if the
+    generated code writes into an input (:func:`written_inputs`, read on the first
+    call, which always clones); ``True`` always clones; ``False`` never does.
+
+    ``mixed_bf16=True``: int8-mixed-bf16. Every call runs under
+    ``torch.autocast("cpu", dtype=torch.bfloat16)``: int8 kernels stay int8 and write
+    bfloat16 for bfloat16 consumers, the float ops run in bfloat16, and outputs
+    may be bfloat16. Refused (:class:`pt2e.errors.UnsupportedOperationError`) on a
+    CPU without native bf16 (:func:`pt2e.cpu.cpu_has_bf16`).
+
     >>> import torch
     >>> compiled = compile_x86(torch.nn.Linear(4, 4))
-    >>> compiled.protect_inputs
-    True
+    >>> compiled.protect_inputs is None, compiled.clones_inputs   # until the first call
+    (True, True)
+    >>> _ = compiled(torch.randn(2, 4))
+    >>> compiled.inputs_written, compiled.clones_inputs
+    ([], False)
     """
+    if mixed_bf16 and not cpu_has_bf16():
+        raise UnsupportedOperationError(
+            f"compile_x86(mixed_bf16=True) on {type(model).__name__}: this CPU "
+            f"({cpu_model()}) has neither AVX512-BF16 nor AMX, so bfloat16 would run emulated "
+            "and slower than fp32; call compile_x86 without mixed_bf16 (int8 kernels with "
+            "fp32 float ops) on this machine"
+        )
+    check_affine_ops(model, "compile_x86")
+    check_x86_lowerable(model, "compile_x86")
     _warn_if_saturating(model)
-    compiled = X86CompiledModel(model, protect_inputs=protect_inputs, **compile_kwargs)
+    if isinstance(model, GraphModule):
+        model = avoid_unary_then_add(model, "compile_x86")
+    compiled = X86CompiledModel(model, protect_inputs=protect_inputs, mixed_bf16=mixed_bf16,
+                                **compile_kwargs)
     if example_inputs is not None:
         compiled(*example_inputs)
     return compiled

@@ -17,6 +17,18 @@ differences (clear errors instead of asserts, consistent fake-quant qparams).
 from __future__ import annotations
 
 from observers import defaults
+from observers.affine import (
+    AffineQuantizedMinMaxObserver,
+    AffineQuantizedMovingAverageMinMaxObserver,
+    AffineQuantizedObserverBase,
+    AffineQuantizedPlaceholderObserver,
+)
+from observers.affine_fake_quantize import (
+    AffineFakeQuantize,
+    default_affine_fake_quant,
+    default_affine_per_axis_fake_quant,
+    default_groupwise_fake_quant,
+)
 from observers.base import ObserverBase, UniformQuantizationObserverBase
 from observers.defaults import *  # noqa: F403 (the ready-made constructors, listed in defaults)
 from observers.derived import (
@@ -36,6 +48,19 @@ from observers.fake_quantize import (
     enable_fake_quant,
     enable_observer,
 )
+from observers.granularity import (
+    Granularity,
+    MappingType,
+    PerAxis,
+    PerBlock,
+    PerGroup,
+    PerRow,
+    PerTensor,
+    PerToken,
+    TorchAODType,
+    ZeroPointDomain,
+    get_block_size,
+)
 from observers.histogram import HistogramObserver
 from observers.learnable import LearnableFakeQuantize, disable_range_learning, enable_range_learning
 from observers.minmax import (
@@ -44,6 +69,8 @@ from observers.minmax import (
     MovingAveragePerChannelMinMaxObserver,
     PerChannelMinMaxObserver,
 )
+from observers.mse import MSEObserver
+from observers.percentile import PercentileObserver
 from observers.qparams import default_quant_range, qparams_from_min_max, resolve_quant_range
 from observers.simple import (
     FixedQParamsObserver,
@@ -72,11 +99,13 @@ __all__ = [
     "FixedQParamsObserver",
     "HistogramObserver",
     "MinMaxObserver",
+    "MSEObserver",
     "MovingAverageMinMaxObserver",
     "MovingAveragePerChannelMinMaxObserver",
     "NoopObserver",
     "ObserverBase",
     "PartialWrapper",
+    "PercentileObserver",
     "PerChannelMinMaxObserver",
     "PlaceholderObserver",
     "RecordingObserver",
@@ -97,6 +126,28 @@ __all__ = [
     # type aliases
     "ObserverOrFakeQuantize",
     "ObserverOrFakeQuantizeConstructor",
+]
+# the affine / granularity family (torchao's names)
+__all__ += [
+    "AffineFakeQuantize",
+    "AffineQuantizedMinMaxObserver",
+    "AffineQuantizedMovingAverageMinMaxObserver",
+    "AffineQuantizedObserverBase",
+    "AffineQuantizedPlaceholderObserver",
+    "Granularity",
+    "MappingType",
+    "PerAxis",
+    "PerBlock",
+    "PerGroup",
+    "PerRow",
+    "PerTensor",
+    "PerToken",
+    "TorchAODType",
+    "ZeroPointDomain",
+    "default_affine_fake_quant",
+    "default_affine_per_axis_fake_quant",
+    "default_groupwise_fake_quant",
+    "get_block_size",
 ]
 # The ready-made constructors are listed once, in observers.defaults.__all__.
 __all__ += defaults.__all__

@@ -212,14 +212,41 @@ class UniformQuantizationObserverBase(ObserverBase):
         )
         self.factory_kwargs = torch.nn.factory_kwargs(factory_kwargs)
         self.register_buffer("eps", torch.tensor([eps], **self.factory_kwargs))
+        # NaN/Inf values skipped so far: convert_pt2e reports them (a plain attribute,
+        # not state: a state dict stays torchao's)
+        self.nonfinite_seen = 0
         self._register_statistics()
 
     def _register_statistics(self) -> None:
         """Register the buffers the observer records into (called once ``factory_kwargs`` is set)."""
 
+    def count_nonfinite(self, x: torch.Tensor) -> None:
+        """Add the NaN/Inf values of ``x`` to ``nonfinite_seen`` (they are skipped, not observed).
+
+        >>> import torch
+        >>> from observers import MinMaxObserver
+        >>> obs = MinMaxObserver()
+        >>> _ = obs(torch.tensor([1.0, float("nan"), float("inf")]))
+        >>> obs.nonfinite_seen
+        2
+        """
+        if not x.is_floating_point():
+            return
+        finite = torch.isfinite(x)
+        if not bool(finite.all()):
+            self.nonfinite_seen = getattr(self, "nonfinite_seen", 0) + int(
+                x.numel() - int(finite.sum()))
+
     def _check_observed(self, min_val: torch.Tensor, max_val: torch.Tensor) -> None:
         """Raise ObserverStateError unless every entry of the range saw finite data."""
         name = type(self).__name__
+        skipped = getattr(self, "nonfinite_seen", 0)
+        if skipped and (min_val.numel() == 0 or not bool(torch.isfinite(min_val).any())):
+            raise ObserverStateError(
+                f"{name} saw only NaN/Inf ({skipped} value(s), skipped) and no finite data. "
+                "Check the calibration inputs and the layers before this observer for "
+                "overflow or invalid values."
+            )
         if min_val.numel() == 0 or max_val.numel() == 0:
             raise ObserverStateError(f"{name} has not observed any data. {CALIBRATION_HINT}")
         unseen = ~(torch.isfinite(min_val) & torch.isfinite(max_val))

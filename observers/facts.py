@@ -95,10 +95,10 @@ OBSERVER_DTYPES: tuple[torch.dtype, ...] = (
     *FLOAT8_DTYPES,
 )
 
-# What a QuantizationSpec / DerivedQuantizationSpec may ask for: an integer dtype
-# convert can emit q/dq ops for, or a float dtype (fp16 casts, float placeholders).
+# What a QuantizationSpec / DerivedQuantizationSpec may ask for: an integer or float8
+# dtype convert can emit q/dq ops for, or a float dtype (fp16 casts, float placeholders).
 _SPEC_INT_DTYPES: tuple[torch.dtype, ...] = tuple(d for d in INT_RANGES if d != torch.quint4x2)
-SPEC_DTYPES: tuple[torch.dtype, ...] = _SPEC_INT_DTYPES + FLOAT_DTYPES
+SPEC_DTYPES: tuple[torch.dtype, ...] = _SPEC_INT_DTYPES + FLOAT8_DTYPES + FLOAT_DTYPES
 # fixed qparams only make sense for an integer dtype
 FIXED_QPARAMS_SPEC_DTYPES: tuple[torch.dtype, ...] = _SPEC_INT_DTYPES
 # ``None`` means "the observer's default"

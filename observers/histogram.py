@@ -145,6 +145,8 @@ class HistogramObserver(UniformQuantizationObserverBase):
         x = x_orig.detach().to(self.min_val.dtype).reshape(-1)
         finite = torch.isfinite(x)
         if not bool(finite.all()):
+            self.nonfinite_seen = getattr(self, "nonfinite_seen", 0) + int(
+                x.numel() - int(finite.sum()))
             x = x[finite]
             if x.numel() == 0:
                 return x_orig
@@ -238,6 +240,7 @@ class HistogramObserver(UniformQuantizationObserverBase):
         self.histogram.zero_()
         self.min_val.fill_(float("inf"))
         self.max_val.fill_(float("-inf"))
+        self.nonfinite_seen = 0
 
     def extra_repr(self) -> str:
         return f"bins={self.bins}, min_val={self.min_val}, max_val={self.max_val}"

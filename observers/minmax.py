@@ -1,7 +1,8 @@
 """Min/max observers: running or moving-average range, per tensor or per channel.
 
 Non-finite values (NaN, +Inf, -Inf) are ignored when taking the min/max: a
-single NaN or overflow in a calibration batch does not poison the range. An
+single NaN or overflow in a calibration batch does not poison the range. They are
+counted in ``nonfinite_seen`` (``convert_pt2e`` warns with the count). An
 observer that saw nothing finite raises
 :class:`~observers.errors.ObserverStateError` from ``calculate_qparams``.
 
@@ -21,7 +22,7 @@ from typing import Any, ClassVar
 import torch
 
 from observers.base import UniformQuantizationObserverBase
-from observers.errors import ObserverStateError, QuantizationConfigError
+from observers.errors import ArgumentTypeError, ObserverStateError, QuantizationConfigError
 from observers.qparams import DEFAULT_EPS
 from observers.validation import PER_CHANNEL_QSCHEMES, PER_TENSOR_QSCHEMES
 
@@ -102,6 +103,7 @@ class _RangeObserver(UniformQuantizationObserverBase):
         """Update the recorded range with ``x_orig``'s; return ``x_orig``."""
         if x_orig.numel() == 0:
             return x_orig
+        self.count_nonfinite(x_orig.detach())
         self._store(*self._merge(*self._batch_range(x_orig)))
         return x_orig
 
@@ -150,6 +152,7 @@ class MinMaxObserver(_RangeObserver):
         """Forget the observed range."""
         self.min_val.fill_(float("inf"))
         self.max_val.fill_(float("-inf"))
+        self.nonfinite_seen = 0
 
 
 class MovingAverageMinMaxObserver(_MovingAverageRange, MinMaxObserver):
@@ -176,10 +179,11 @@ class MovingAverageMinMaxObserver(_MovingAverageRange, MinMaxObserver):
         reduce_range: bool = False,
         quant_min: int | None = None,
         quant_max: int | None = None,
-        factory_kwargs: dict[str, Any] | None = None,
         eps: float = DEFAULT_EPS,
         is_dynamic: bool = False,
+        **kwargs: Any,
     ) -> None:
+        factory_kwargs = _factory_kwargs(type(self).__name__, kwargs)
         if is_dynamic and averaging_constant != 1:
             raise QuantizationConfigError(
                 f"{type(self).__name__}: is_dynamic=True needs averaging_constant=1 "
@@ -268,6 +272,7 @@ class PerChannelMinMaxObserver(_RangeObserver):
         """Forget the observed ranges (and the channel count)."""
         self.min_val = torch.tensor([], dtype=self.min_val.dtype, device=self.min_val.device)
         self.max_val = torch.tensor([], dtype=self.max_val.dtype, device=self.max_val.device)
+        self.nonfinite_seen = 0
 
 
 class MovingAveragePerChannelMinMaxObserver(_MovingAverageRange, PerChannelMinMaxObserver):
@@ -290,10 +295,11 @@ class MovingAveragePerChannelMinMaxObserver(_MovingAverageRange, PerChannelMinMa
         reduce_range: bool = False,
         quant_min: int | None = None,
         quant_max: int | None = None,
-        factory_kwargs: dict[str, Any] | None = None,
         eps: float = DEFAULT_EPS,
         is_dynamic: bool = False,
+        **kwargs: Any,
     ) -> None:
+        factory_kwargs = _factory_kwargs(type(self).__name__, kwargs)
         _check_averaging_constant(type(self).__name__, averaging_constant)
         super().__init__(
             ch_axis,
@@ -307,3 +313,15 @@ class MovingAveragePerChannelMinMaxObserver(_MovingAverageRange, PerChannelMinMa
             is_dynamic,
         )
         self.averaging_constant = averaging_constant
+
+
+def _factory_kwargs(owner: str, kwargs: dict[str, Any]) -> dict[str, Any] | None:
+    """torchao's moving-average observers take ``factory_kwargs`` through ``**kwargs`` only."""
+    factory_kwargs = kwargs.pop("factory_kwargs", None)
+    if kwargs:
+        raise ArgumentTypeError(
+            f"{owner}() got unexpected keyword argument(s) {sorted(kwargs)}; it takes "
+            "averaging_constant, dtype, qscheme, reduce_range, quant_min, quant_max, eps, "
+            "is_dynamic (and ch_axis for per-channel) plus factory_kwargs"
+        )
+    return factory_kwargs  # type: ignore[no-any-return]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from .calibration import calibrate
 from .capture import capture_pre_autograd_graph
+from .distributed import sync_observers
 from .errors import (
     AnnotationError,
     ArgumentTypeError,
@@ -37,6 +38,7 @@ __all__ = [
     "convert_pt2e",
     "capture_pre_autograd_graph",
     "calibrate",
+    "sync_observers",
     "quantization_report",
     "QuantizationReport",
     "Report",
@@ -97,4 +99,67 @@ __all__ += [
     "FallbackReport",
     "FallbackResult",
     "KeepFloatQuantizer",
+]
+
+# the affine / granularity family, re-exported where torchao.quantization.pt2e has it
+from observers.affine import AffineQuantizedObserverBase  # noqa: E402
+from observers.granularity import (  # noqa: E402
+    Granularity,
+    MappingType,
+    PerAxis,
+    PerBlock,
+    PerGroup,
+    PerRow,
+    PerTensor,
+    PerToken,
+    TorchAODType,
+    ZeroPointDomain,
+    get_block_size,
+)
+
+from . import affine_ops as _affine_ops  # noqa: E402,F401  (registers torch.ops.pt2e.*)
+
+__all__ += [
+    "AffineQuantizedObserverBase",
+    "Granularity",
+    "MappingType",
+    "PerAxis",
+    "PerBlock",
+    "PerGroup",
+    "PerRow",
+    "PerTensor",
+    "PerToken",
+    "TorchAODType",
+    "ZeroPointDomain",
+    "get_block_size",
+]
+
+# torchao's graph utilities (torchao.quantization.pt2e.graph_utils)
+from .partitions import (  # noqa: E402
+    find_sequential_partitions,
+    get_equivalent_types,
+    update_equivalent_types_dict,
+)
+from .reference_representation import reference_representation_rewrite  # noqa: E402
+
+__all__ += [
+    "find_sequential_partitions",
+    "get_equivalent_types",
+    "update_equivalent_types_dict",
+    "reference_representation_rewrite",
+]
+
+# post-training algorithms (issue 15) and the one-call recipe: see docs/algorithms.md
+from .bias_correction import BiasCorrection  # noqa: E402
+from .equalization import CrossLayerEqualization  # noqa: E402
+from .recipe import RecipeReport, RecipeResult, quantize_with_recipe  # noqa: E402
+from .smoothing import SmoothQuant  # noqa: E402
+
+__all__ += [
+    "SmoothQuant",
+    "BiasCorrection",
+    "CrossLayerEqualization",
+    "quantize_with_recipe",
+    "RecipeReport",
+    "RecipeResult",
 ]

@@ -55,7 +55,7 @@ from .numeric_debugger import (
     prepare_for_propagation_comparison,
     sqnr,
 )
-from .ops import CHOOSE_QPARAMS_OPS, DATA_MOVEMENT_OPS, is_dequantize, is_quantize
+from .ops import BATCH_NORM_OPS, CHOOSE_QPARAMS_OPS, DATA_MOVEMENT_OPS, is_dequantize, is_quantize
 from .report import OpRecord, Report
 
 __all__ = ["LayerAccuracy", "AccuracyReport", "compare", "run_batches"]
@@ -333,6 +333,7 @@ def compare(float_model: GraphModule, quantized_model: GraphModule,
         )
     ref = {k: v[2] for k, v in ref_results.items()}
     float_nodes, quant_nodes = _by_key(float_model), _by_key(quantized_model)
+    _fold_batch_norm_outputs(ref, float_nodes, act_results)
     order = {k: i for i, k in enumerate(float_nodes)}
     rows: list[LayerAccuracy] = []
     for key in common:
@@ -364,6 +365,24 @@ def compare(float_model: GraphModule, quantized_model: GraphModule,
     records = tuple(OpRecord(node=r.node, op=r.op, precision="int8" if r.quantized else "float",
                              module=r.module) for r in rows)
     return AccuracyReport(layers=tuple(rows), records=records)
+
+
+def _fold_batch_norm_outputs(ref: dict[DebugKey, list[Any]], float_nodes: dict[DebugKey, list[Node]],
+                             quantized: dict[DebugKey, Any]) -> None:
+    """Compare a conv/linear whose batch norm was folded into it with the batch norm's output.
+
+    ``prepare_pt2e`` folds ``conv -> batch_norm`` into one conv, so the quantized conv
+    computes what the float model's batch norm outputs; against the float conv's own
+    (pre-normalisation) output every such layer would look broken.
+    """
+    for key, nodes in float_nodes.items():
+        bn = nodes[-1]
+        if bn.target not in BATCH_NORM_OPS or key in quantized or not isinstance(bn.args[0], Node):
+            continue
+        producer = debug_key(bn.args[0])
+        out = next((debug_key(u) for u in bn.users if u.target is operator.getitem and u.args[1] == 0), key)
+        if producer is not None and producer in quantized and out in ref:
+            ref[producer] = ref[out]
 
 
 def _op_name(node: Node) -> str:

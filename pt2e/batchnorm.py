@@ -13,18 +13,28 @@ really be used, and the backend needs no batch-norm kernel.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
 from torch.fx import GraphModule, Node
 
-from .graph import attr_value, batch_norm_args, copy_meta, register_constant, remove_dead_code
+from .graph import (
+    attr_value,
+    batch_norm_args,
+    copy_meta,
+    describe_node,
+    register_constant,
+    remove_dead_code,
+)
 from .ops import BATCH_NORM_OPS, CONV_OPS, CONV_TRANSPOSE_OPS, LINEAR_OPS
 
 __all__ = [
+    "channel_axis_matches",
     "fold_bn_into_preceding_op",
     "folded_weight_and_bias",
     "replace_batch_norm",
+    "warn_not_folded",
 ]
 
 aten = torch.ops.aten
@@ -79,6 +89,37 @@ def replace_batch_norm(graph: torch.fx.Graph, bn: Node, replacement: Node) -> No
             user.replace_all_uses_with(replacement)
             graph.erase_node(user)
     graph.erase_node(bn)
+
+
+def channel_axis_matches(producer: Node, weight: torch.Tensor) -> bool:
+    """Whether batch norm's channel axis (dim 1) is ``producer``'s output-feature axis.
+
+    A convolution's output channels are dim 1 when its input is batched (output rank
+    equals the weight's rank); a linear's output features are its last dim, which is
+    dim 1 only for a 2-D output. On a ``(N, L, C)`` linear output batch norm normalises
+    ``L``, and folding it into the weight would change the result.
+    """
+    val = producer.meta.get("val")
+    if not isinstance(val, torch.Tensor):
+        return False
+    if producer.target in LINEAR_OPS:
+        return val.dim() == 2
+    return val.dim() == weight.dim()
+
+
+def warn_not_folded(producer: Node, bn: Node) -> None:
+    """Warn that ``bn`` stays in the graph because its channel axis is not ``producer``'s."""
+    val = producer.meta.get("val")
+    shape = tuple(val.shape) if isinstance(val, torch.Tensor) else "unknown"
+    warnings.warn(
+        f"batch norm {describe_node(bn)} was not folded into {describe_node(producer)}: "
+        f"it normalises dim 1 of a {shape} output, which is not the layer's output-feature "
+        "axis, so folding would change the result. It stays a float batch norm; to fold it, "
+        "put the features on dim 1 (e.g. permute to (N, C, L) before the batch norm, or use "
+        "a 2-D input for a linear)",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 def _set_meta(node: Node, like: Node, value: torch.Tensor) -> None:
@@ -138,6 +179,9 @@ def fold_bn_into_preceding_op(gm: GraphModule) -> int:
             continue
         if not isinstance(w_arg, Node) or w is None or mean is None or var is None:
             continue  # no weight or no running statistics: nothing to fold into
+        if not channel_axis_matches(producer, w):
+            warn_not_folded(producer, bn)
+            continue
         new_w, new_b = folded_weight_and_bias(w, b, gamma, beta, mean, var, params.eps, out_axis)
         b_base = b_arg.target if isinstance(b_arg, Node) else f"{w_arg.target}_bias"
         w_name = register_constant(gm, f"{w_arg.target}_bn_folded", new_w.detach().clone(),

@@ -20,23 +20,32 @@ from typing import Any
 import torch
 from torch.fx import GraphModule, Node
 
-from observers.facts import PER_CHANNEL_QSCHEMES, int_range
+from observers.affine import AffineQuantizedObserverBase
+from observers.facts import FLOAT8_DTYPES, PER_CHANNEL_QSCHEMES, int_range
+from observers.granularity import ZeroPointDomain
 
-from .errors import ObserverStateError
+from .affine_ops import AFFINE
+from .errors import ObserverStateError, UnsupportedOperationError
 from .fold import constant_value
 from .graph import CUSTOM_KEY, USER_META_KEYS, copy_meta, describe_node, register_constant
 from .ops import CHOOSE_QPARAMS_OPS, QD, is_dequantize, is_quantize, storage_dtype
 from .prepare import is_observer_module
 from .quantizer.annotation import get_annotation, is_valid_annotation
 
-__all__ = ["replace_observers", "duplicate_dequantize_per_user", "port_dequantize_metadata", "observer_qparams"]
+__all__ = [
+    "replace_observers",
+    "replace_affine_observer",
+    "duplicate_dequantize_per_user",
+    "port_dequantize_metadata",
+    "observer_qparams",
+]
 
 # the storage dtypes quantized_decomposed's quantize/dequantize ops take
 _INT_DTYPES = {torch.uint8, torch.int8, torch.int16, torch.int32, torch.uint16}
 
 
 def _range(obs: Any, dtype: torch.dtype) -> tuple[int, int]:
-    lo, hi = int_range(dtype) or (0, 0)  # dtype is one of _INT_DTYPES
+    lo, hi = int_range(dtype) or (0, 0)  # dtype is one of _INT_DTYPES or float8 (range given)
     qmin = getattr(obs, "quant_min", None)
     qmax = getattr(obs, "quant_max", None)
     return (lo if qmin is None else int(qmin), hi if qmax is None else int(qmax))
@@ -53,6 +62,13 @@ def observer_qparams(obs: Any, node: Node) -> tuple[torch.Tensor, torch.Tensor]:
     mn, mx = getattr(inner, "min_val", None), getattr(inner, "max_val", None)
     if isinstance(mn, torch.Tensor) and isinstance(mx, torch.Tensor):
         empty = mn.numel() == 0 or bool(torch.isinf(mn).all()) and bool(torch.isinf(mx).all())
+        skipped = getattr(inner, "nonfinite_seen", 0)
+        if empty and skipped:
+            raise ObserverStateError(
+                f"{_where(node)} saw only NaN/Inf ({skipped} value(s), skipped) and no finite "
+                "data, so it has no quantization parameters. Check the calibration inputs and "
+                "the layers before it for overflow or invalid values"
+            )
         if empty:
             raise ObserverStateError(
                 f"{_where(node)} has seen no data, so it has no quantization parameters. "
@@ -91,7 +107,9 @@ def _replace_one(model: GraphModule, node: Node, obs: Any) -> None:
         dq_kwargs = {"out_dtype": val.dtype}
 
     with graph.inserting_before(node):
-        if dtype in _INT_DTYPES and not is_dynamic:
+        if dtype in FLOAT8_DTYPES and not is_dynamic and _per_channel_float8(model, node, obs):
+            return
+        if (dtype in _INT_DTYPES or dtype in FLOAT8_DTYPES) and not is_dynamic:
             qmin, qmax = _range(obs, dtype)
             scale, zp = observer_qparams(obs, node)
             if getattr(obs, "qscheme", None) in PER_CHANNEL_QSCHEMES:
@@ -134,8 +152,109 @@ def _replace_one(model: GraphModule, node: Node, obs: Any) -> None:
     graph.erase_node(node)
 
 
+def _per_channel_float8(model: GraphModule, node: Node, obs: Any) -> bool:
+    """Per-channel float8: ``pt2e`` affine ops with one block per channel, no zero point.
+
+    ``quantized_decomposed.dequantize_per_channel`` subtracts an int64 zero point,
+    which float8 tensors cannot do (torchao's convert emits it and fails at run
+    time). Per-tensor float8 keeps torchao's ``quantize_per_tensor`` pair.
+    """
+    if getattr(obs, "qscheme", None) not in PER_CHANNEL_QSCHEMES:
+        return False
+    x = node.args[0]
+    val = x.meta.get("val") if isinstance(x, Node) else None
+    if not isinstance(val, torch.Tensor):
+        raise UnsupportedOperationError(
+            f"{_where(node)}: per-channel float8 needs the observed value's shape "
+            "(node.meta['val']); export the model with torch.export before prepare_pt2e."
+        )
+    scale, _ = observer_qparams(obs, node)
+    block = [1 if i == int(obs.ch_axis) % val.dim() else s for i, s in enumerate(val.shape)]
+    qmin, qmax = _range(obs, obs.dtype)
+    s_node = model.graph.get_attr(register_constant(model, f"{node.target}_scale", scale))
+    args = (block, s_node, None, obs.dtype, qmin, qmax)
+    q = model.graph.call_function(AFFINE.quantize_affine.default, (x, *args))
+    dq = model.graph.call_function(AFFINE.dequantize_affine.default, (q, *args),
+                                   {"output_dtype": val.dtype})
+    for n in (s_node, q, dq):
+        copy_meta(n, node)
+    node.replace_all_uses_with(dq)
+    model.graph.erase_node(node)
+    return True
+
+
+def replace_affine_observer(model: GraphModule, node: Node, obs: AffineQuantizedObserverBase) -> None:
+    """Replace the call of affine observer ``obs`` at ``node`` with ``pt2e`` affine ops.
+
+    Static: ``quantize_affine -> dequantize_affine`` with per-block scale and zero
+    point registered as buffers. Dynamic (``obs.is_dynamic``):
+    ``choose_qparams_affine`` computes them at run time from the value itself.
+    """
+    x = node.args[0]
+    if not isinstance(x, Node):
+        raise ObserverStateError(f"observer '{node.target}' does not observe a graph value.")
+    if obs.block_size is None:  # never ran: a weight in a dynamic flow still has its value
+        value = constant_value(model, x)
+        if isinstance(value, torch.Tensor):
+            obs(value)
+    if obs.block_size is None or obs.original_dtype is None:
+        raise ObserverStateError(
+            f"{_where(node)} has seen no data, so its block size is unknown. Run calibration "
+            "data through the prepared model (model(*example_inputs)) before convert_pt2e."
+        )
+    if obs.zero_point_domain is ZeroPointDomain.FLOAT:
+        raise UnsupportedOperationError(
+            f"{_where(node)}: zero_point_domain=ZeroPointDomain.FLOAT (tinygemm's float zero "
+            "point) has no quantize/dequantize op here; use ZeroPointDomain.INT, or the eager "
+            "quantize_(model, Int4WeightOnlyConfig(...)) flow for tinygemm int4 weights."
+        )
+    graph = model.graph
+    block = list(obs.block_size)
+    qrange = (obs.quant_min, obs.quant_max)
+    new: list[Node] = []
+    scale: Node
+    zero_point: Node | None = None
+    with graph.inserting_before(node):
+        if obs.is_dynamic:
+            choose = graph.call_function(AFFINE.choose_qparams_affine.default, (
+                x, obs.mapping_type.name, block, obs.target_dtype, *qrange, obs.eps,
+                obs.scale_dtype, obs.zero_point_dtype,
+            ))
+            scale = graph.call_function(operator.getitem, (choose, 0))
+            zero_point = graph.call_function(operator.getitem, (choose, 1))
+            new += [choose, scale, zero_point]
+        else:
+            try:
+                s_val, z_val = obs.calculate_qparams()
+            except (ObserverStateError, UnsupportedOperationError) as e:
+                raise type(e)(f"{_where(node)}: {e}") from None
+            scale = graph.get_attr(register_constant(model, f"{node.target}_scale", s_val))
+            new.append(scale)
+            if z_val is not None:
+                zero_point = graph.get_attr(
+                    register_constant(model, f"{node.target}_zero_point", z_val)
+                )
+                new.append(zero_point)
+        q = graph.call_function(AFFINE.quantize_affine.default, (
+            x, block, scale, zero_point, obs.target_dtype, *qrange,
+        ))
+        dq = graph.call_function(
+            AFFINE.dequantize_affine.default,
+            (q, block, scale, zero_point, obs.target_dtype, *qrange),
+            {"output_dtype": obs.original_dtype},
+        )
+    for n in (*new, q, dq):
+        copy_meta(n, node)
+    node.replace_all_uses_with(dq)
+    graph.erase_node(node)
+
+
 def replace_observers(model: GraphModule) -> int:
-    """Replace every observer call in ``model`` with q/dq ops; return how many were replaced."""
+    """Replace every observer call in ``model`` with q/dq ops; return how many were replaced.
+
+    An observer that defines its own ``convert(model, observer_node)`` (the affine
+    observers, a backend's custom int4/int2 scheme) converts itself, as in torchao.
+    """
     modules = dict(model.named_modules(remove_duplicate=False))
     replaced = 0
     for node in list(model.graph.nodes):
@@ -144,7 +263,11 @@ def replace_observers(model: GraphModule) -> int:
         obs = modules.get(str(node.target))
         if not is_observer_module(obs):
             continue
-        _replace_one(model, node, obs)
+        own_convert = getattr(obs, "convert", None)
+        if callable(own_convert):
+            own_convert(model, node)
+        else:
+            _replace_one(model, node, obs)
         replaced += 1
     for name in {str(n) for n in modules if is_observer_module(modules[n]) and n}:
         if "." not in name and hasattr(model, name):
@@ -244,7 +367,9 @@ def duplicate_dequantize_per_user(model: GraphModule) -> int:
         for user in list(dq.users):
             if len(dq.users) == 1:
                 break
-            if get_annotation(user) is None:
+            # as torchao: only a user with a valid annotation (one that asks for a spec)
+            ann = get_annotation(user)
+            if ann is None or not is_valid_annotation(ann):
                 continue
             with graph.inserting_after(dq):
                 copy = graph.node_copy(dq)

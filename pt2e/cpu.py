@@ -1,7 +1,7 @@
 """What this CPU can do, read in one place.
 
->>> isinstance(cpu_has_vnni(), bool)
-True
+>>> isinstance(cpu_has_vnni(), bool), isinstance(cpu_has_bf16(), bool)
+(True, True)
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import platform
 
 import torch
 
-__all__ = ["cpu_has_vnni", "cpu_model"]
+__all__ = ["cpu_has_vnni", "cpu_has_bf16", "cpu_model"]
 
 
 def cpu_has_vnni() -> bool:
@@ -25,6 +25,22 @@ def cpu_has_vnni() -> bool:
     """
     is_vnni = getattr(torch.cpu, "_is_vnni_supported", None)
     return bool(is_vnni()) if is_vnni is not None else True
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes in bfloat16 natively (AVX512-BF16 or AMX), which
+    int8-mixed-bf16 lowering (``compile_x86(..., mixed_bf16=True)``) needs to be fast.
+
+    Read from ``torch.cpu._is_avx512_bf16_supported`` / ``_is_amx_tile_supported``;
+    a torch without those probes is assumed to have no bf16 support (bf16 then runs
+    emulated in fp32 and is slower than fp32).
+
+    >>> cpu_has_bf16() == bool(torch.cpu._is_avx512_bf16_supported()
+    ...                        or torch.cpu._is_amx_tile_supported())
+    True
+    """
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(probe()) for name in probes if (probe := getattr(torch.cpu, name, None)) is not None)
 
 
 def cpu_model() -> str:

@@ -33,6 +33,7 @@ __all__ = [
     "ArgumentValueError",
     "UnsupportedOperationError",
     "AnnotationError",
+    "AnnotationConflictError",
     "NotExportedModelError",
     "PipelineStateError",
     "ExportedTrainEvalError",
@@ -41,6 +42,16 @@ __all__ = [
 
 class AnnotationError(Pt2eError, ValueError):
     """A quantizer wrote an annotation that cannot be honoured (bad edge, conflicting specs)."""
+
+
+class AnnotationConflictError(AnnotationError, RuntimeError):
+    """A quantizer in a ``ComposableQuantizer`` changed or removed an earlier one's annotation.
+
+    Also a ``RuntimeError``, which is what torchao's ``ComposableQuantizer`` raises.
+
+    >>> issubclass(AnnotationConflictError, RuntimeError), issubclass(AnnotationConflictError, ValueError)
+    (True, True)
+    """
 
 
 class NotExportedModelError(Pt2eError, TypeError):

@@ -144,12 +144,14 @@ class FallbackReport(Report):
     size_bytes: int = 0
     float_size_bytes: int = 0
     trials: tuple[tuple[int, float], ...] = ()
+    passes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.title:
             verdict = "met" if self.met else "NOT met"
+            after = f" after {', '.join(self.passes)}" if self.passes else ""
             object.__setattr__(self, "title", (
-                f"accuracy-aware fallback: target {self.target} {verdict} "
+                f"accuracy-aware fallback{after}: target {self.target} {verdict} "
                 f"({self.achieved:.4g}; full int8 {self.full_int8:.4g}) with "
                 f"{len(self.records)} of {self.candidates} int8 layers kept float; "
                 f"{self.int8_layers} int8 compute ops, {self.size_bytes / 1e6:.2f} MB "
@@ -179,6 +181,12 @@ def _output_sqnr(ref: list[Any], out: list[Any]) -> float:
     return float(sqnr(r, o))
 
 
+def _pass_name(p: Any) -> str:
+    alpha = getattr(p, "alpha", None)
+    name = type(p).__name__ if not callable(p) or hasattr(p, "call") else getattr(p, "__name__", type(p).__name__)
+    return f"{name}(alpha={alpha:g})" if isinstance(alpha, float) else name
+
+
 def accuracy_aware_fallback(
     model: GraphModule,
     quantizer: Quantizer,
@@ -190,6 +198,7 @@ def accuracy_aware_fallback(
     eval_data: Sequence[Any] | None = None,
     max_float_layers: int | None = None,
     measure_top: int = 0,
+    passes: Sequence[Callable[[GraphModule], Any]] = (),
 ) -> FallbackResult:
     """Quantize ``model`` with ``quantizer``, keeping the fewest most-sensitive layers float
     until the target is met.
@@ -204,8 +213,11 @@ def accuracy_aware_fallback(
     target, the best try is returned with ``report.met`` False. ``measure_top=m``
     re-ranks the ``m`` most sensitive layers by the score each one alone reaches
     when kept float (``m`` more calibration runs): the own-error ranking says where
-    error is made, the measured one how much of it reaches the metric. Example: see the
-    module docstring.
+    error is made, the measured one how much of it reaches the metric. ``passes`` are
+    float-model passes run (in order, on a copy) before the search, e.g.
+    ``[SmoothQuant(calibration_data, alpha=0.75)]`` (see ``docs/algorithms.md``): the
+    layers are then ranked and kept float on the smoothed model, and the report's
+    ``passes`` names them. Example: see the module docstring.
     """
     if (target_sqnr is None) == (metric is None):
         raise ArgumentValueError(
@@ -225,6 +237,8 @@ def accuracy_aware_fallback(
         raise ArgumentValueError("accuracy_aware_fallback got no calibration_data; pass a list "
                                  "of batches (tuples of arguments, or tensors)")
     base = copy.deepcopy(model)
+    for p in passes:
+        p(base)
     generate_numeric_debug_handle(base)
     cost = {"calibration_runs": 0, "evaluations": 0}
     float_outputs = run_batches(base, evaluation)
@@ -304,5 +318,6 @@ def accuracy_aware_fallback(
         size_bytes=_size_bytes(converted), float_size_bytes=_size_bytes(base),
         trials=tuple(sorted((k, v[0]) for k, v in trials.items())),
         records=tuple(r for _, r in ranked[:chosen]),
+        passes=tuple(_pass_name(p) for p in passes),
     )
     return FallbackResult(converted, report)

@@ -9,7 +9,11 @@ This module is the only one that
   inserted node back to the node it stands for, and :data:`USER_META_KEYS`,
   the user's tags that convert ports to quantize/dequantize nodes as torchao does);
 * makes fresh attribute names and registers constants (:func:`fresh_attr_name`,
-  :func:`register_constant`);
+  :func:`register_constant`, and torchao's spelling :func:`get_new_attr_name_with_prefix`);
+* says what kind of operator a node calls (:func:`is_conv_node`,
+  :func:`is_conv_transpose_node`) and exports a pattern function to an ATen graph
+  (:func:`aten_graph_for_pattern`): the public equivalents of the ``torchao.quantization.pt2e.utils``
+  helpers that quantizer code imports;
 * reads what a ``get_attr`` node reads (:func:`attr_value`, :func:`get_attr_value`);
 * names a node and its module for messages (:func:`module_stack`,
   :func:`module_path`, :func:`describe_node`);
@@ -19,12 +23,14 @@ This module is the only one that
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple, cast
 
 import torch
 from torch.fx import GraphModule, Node
 
 from .errors import ArgumentValueError
+from .ops import CONV_OPS, CONV_TRANSPOSE_OPS
 
 __all__ = [
     "PROVENANCE_KEYS",
@@ -34,7 +40,11 @@ __all__ = [
     "FROM_NODE_KEY",
     "copy_meta",
     "fresh_attr_name",
+    "get_new_attr_name_with_prefix",
     "register_constant",
+    "is_conv_node",
+    "is_conv_transpose_node",
+    "aten_graph_for_pattern",
     "attr_value",
     "get_attr_value",
     "module_stack",
@@ -130,6 +140,84 @@ def fresh_attr_name(module: torch.nn.Module, stem: str, *, numbered: bool = Fals
         i += 1
         name = f"{stem}_{i}"
     return name
+
+
+def get_new_attr_name_with_prefix(prefix: str) -> Callable[[torch.nn.Module], str]:
+    """torchao's ``get_new_attr_name_with_prefix``: a function giving the first free
+    ``prefix<i>`` attribute of a module (:func:`fresh_attr_name` with ``numbered=True``).
+
+    >>> import torch
+    >>> m = torch.nn.Module()
+    >>> m.register_buffer("scale0", torch.ones(1))
+    >>> get_new_attr_name_with_prefix("scale")(m)
+    'scale1'
+    """
+
+    def new_attr_name(module: torch.nn.Module) -> str:
+        return fresh_attr_name(module, prefix, numbered=True)
+
+    return new_attr_name
+
+
+def is_conv_node(node: Node) -> bool:
+    """Whether ``node`` calls an ATen convolution (1-d to 3-d, any padding overload);
+    torchao's ``_is_conv_node``.
+
+    >>> import torch
+    >>> gm = torch.export.export(torch.nn.Conv2d(1, 1, 1), (torch.randn(1, 1, 2, 2),)).module()
+    >>> [n.name for n in gm.graph.nodes if is_conv_node(n)]
+    ['conv2d']
+    """
+    return node.op == "call_function" and node.target in CONV_OPS
+
+
+def is_conv_transpose_node(node: Node) -> bool:
+    """Whether ``node`` calls an ATen transposed convolution; torchao's ``_is_conv_transpose_node``.
+
+    >>> import torch
+    >>> m = torch.nn.ConvTranspose2d(1, 1, 2)
+    >>> gm = torch.export.export(m, (torch.randn(1, 1, 2, 2),)).module()
+    >>> [n.name for n in gm.graph.nodes if is_conv_transpose_node(n)]
+    ['conv_transpose2d']
+    """
+    return node.op == "call_function" and node.target in CONV_TRANSPOSE_OPS
+
+
+def aten_graph_for_pattern(
+    pattern: Callable[..., Any],
+    example_inputs: tuple[Any, ...],
+    is_cuda: bool = False,
+    **kwargs: Any,
+) -> GraphModule:
+    """Export ``pattern`` (a function of tensors) to an ATen graph to match or replace with;
+    torchao's ``_get_aten_graph_module_for_pattern`` (same arguments).
+
+    ``kwargs`` are passed to ``pattern`` as keyword inputs. The graph has no
+    ``_guards_fn`` call and no unused ``copy_`` back into mutated inputs: a pattern
+    matches computation, not export's bookkeeping.
+
+    >>> import torch
+    >>> gm = aten_graph_for_pattern(lambda x, w: torch.relu(x @ w), (torch.randn(2, 2),) * 2)
+    >>> [str(n.target) for n in gm.graph.nodes if n.op == "call_function"]
+    ['aten.matmul.default', 'aten.relu.default']
+    """
+    if is_cuda:
+        example_inputs = tuple(x.cuda() if isinstance(x, torch.Tensor) else x for x in example_inputs)
+
+    class _Pattern(torch.nn.Module):
+        def forward(self, *args: Any, **kw: Any) -> Any:
+            return pattern(*args, **kw)
+
+    gm = cast(GraphModule, torch.export.export(_Pattern(), example_inputs, kwargs, strict=True).module())
+    for node in list(gm.graph.nodes):
+        unused_copy = node.target == aten.copy_.default and not node.users
+        if unused_copy or (node.op == "call_module" and node.target == "_guards_fn"):
+            gm.graph.erase_node(node)
+    if hasattr(gm, "_guards_fn"):
+        delattr(gm, "_guards_fn")
+    gm.graph.eliminate_dead_code()
+    gm.recompile()
+    return gm
 
 
 def register_constant(

@@ -20,6 +20,14 @@ from torch.fx import Node
 # a fact about dtypes, re-exported here beside the ops that take storage dtypes
 from observers.facts import storage_dtype
 
+# the blockwise ops (torch.ops.pt2e.*), registered by importing affine_ops
+from .affine_ops import (
+    AFFINE_CHOOSE_QPARAMS_OPS,
+    AFFINE_DEQUANTIZE_OPS,
+    AFFINE_OPS,
+    AFFINE_QUANTIZE_OPS,
+)
+
 __all__ = [
     "QD",
     "QUANTIZE_OPS",
@@ -27,6 +35,10 @@ __all__ = [
     "PER_TENSOR_OPS",
     "PER_CHANNEL_OPS",
     "CHOOSE_QPARAMS_OPS",
+    "AFFINE_QUANTIZE_OPS",
+    "AFFINE_DEQUANTIZE_OPS",
+    "AFFINE_CHOOSE_QPARAMS_OPS",
+    "AFFINE_OPS",
     "CONV_OPS",
     "CONV_TRANSPOSE_OPS",
     "LINEAR_OPS",

@@ -30,7 +30,12 @@ from typing import Any
 import torch
 from torch.fx import GraphModule, Node
 
-from .batchnorm import folded_weight_and_bias, replace_batch_norm
+from .batchnorm import (
+    channel_axis_matches,
+    folded_weight_and_bias,
+    replace_batch_norm,
+    warn_not_folded,
+)
 from .graph import attr_value, batch_norm_args, copy_meta, register_constant, remove_dead_code
 from .ops import BATCH_NORM_OPS, CONV_OPS, CONV_TRANSPOSE_OPS
 from .quantizer.annotation import annotate_output_qspec, get_annotation
@@ -92,7 +97,14 @@ def simulate_qat_conv_bn(model: GraphModule) -> int:
             continue
         if mean is None or var is None:
             continue  # no running statistics (track_running_stats=False): convert cannot fold
-        ndim = attr_value(model, str(w.target)).dim()
+        w_value = attr_value(model, str(w.target))
+        groups = conv.args[6] if conv.target in CONV_TRANSPOSE_OPS and len(conv.args) > 6 else 1
+        if groups != 1:
+            continue  # a grouped transposed weight holds out/groups channels on its axis 1
+        if not channel_axis_matches(conv, w_value):
+            warn_not_folded(conv, bn)
+            continue
+        ndim = w_value.dim()
         w_shape = [1] * ndim
         w_shape[out_axis] = -1
         y_shape = [1] * ndim

@@ -12,17 +12,25 @@ from typing import Any
 from torch.fx import GraphModule
 
 from .batchnorm import fold_bn_into_preceding_op
-from .capture import check_exported
+from .calibration import warn_calibration_problems
+from .capture import check_exported, install_input_check
 from .convert import duplicate_dequantize_per_user, port_dequantize_metadata, replace_observers
 from .errors import ArgumentTypeError, PipelineStateError
 from .fold import drop_unused_attributes, fold_constant_quantize
 from .graph import remove_dead_code
-from .prepare import insert_observers, observer_nodes
+from .prepare import (
+    control_flow_bodies,
+    insert_observers,
+    never_observed,
+    observer_nodes,
+    remove_observers,
+)
 from .qat import fold_qat_conv_bn, simulate_qat_conv_bn
 from .quantizer.base import Quantizer
 from .reference_representation import rewrite_to_reference_representation
 from .sharing import SharingGroups, collect_qspecs, create_observers
 from .train_eval import disallow_exported_model_train_eval
+from .untie import untie_shared_bias
 
 __all__ = ["prepare_pt2e", "prepare_qat_pt2e", "convert_pt2e"]
 
@@ -56,6 +64,7 @@ def _prepare(model: Any, quantizer: Quantizer, is_qat: bool) -> GraphModule:
             "annotate(model) method)"
         )
     _check_not_prepared(model, where)
+    install_input_check(model)
     original_meta = dict(model.meta)
     remove_dead_code(model)
     if not is_qat:
@@ -72,7 +81,23 @@ def _prepare(model: Any, quantizer: Quantizer, is_qat: bool) -> GraphModule:
     log.info("%s: %d observers for %d annotated edges/outputs", where, inserted, len(obs_map))
     model.meta.update(original_meta)
     model.meta[PREPARED_FLAG] = "qat" if is_qat else "ptq"
+    # cond / while_loop / scan bodies are GraphModules of their own: prepare each like
+    # top-level code (torchao does so for while_loop and scan in PTQ). Not in QAT, as
+    # torchao: training runs cond/scan bodies traced, which fake quantizers do not survive
+    bodies = [(n, b) for n, b in control_flow_bodies(model)
+              if any(node.op == "call_function" for node in b.graph.nodes)] if not is_qat else []
+    for name, body in bodies:
+        setattr(model, name, _prepare(body, quantizer, is_qat))
+    if bodies:
+        _freeze_parameters(model)
     return disallow_exported_model_train_eval(model)
+
+
+def _freeze_parameters(model: GraphModule) -> None:
+    # cond/scan run a body eagerly only when no operand needs grad; otherwise they trace
+    # it, and observers (data-dependent) and q/dq constants cannot be traced
+    for p in model.parameters():
+        p.requires_grad_(False)
 
 
 def prepare_pt2e(model: GraphModule, quantizer: Quantizer) -> GraphModule:
@@ -169,7 +194,19 @@ def convert_pt2e(
             "(after calibration); this model has no observers"
         )
     original_meta = dict(model.meta)
+    # bodies first, as torchao does, so no pass below meets a body's stale observer
+    for name, body in control_flow_bodies(model):
+        if not body.meta.get(PREPARED_FLAG):
+            continue
+        if never_observed(body):
+            log.warning("convert_pt2e: calibration never ran control-flow body '%s'; it stays "
+                        "float (calibrate with inputs that take every branch to quantize it)", name)
+            remove_observers(body)
+            continue
+        setattr(model, name, convert_pt2e(body, use_reference_representation, fold_quantize))
+        _freeze_parameters(model)
     fold_qat_conv_bn(model)
+    warn_calibration_problems(model)
     replace_observers(model)
     duplicate_dequantize_per_user(model)
     port_dequantize_metadata(model)
@@ -177,6 +214,7 @@ def convert_pt2e(
         fold_constant_quantize(model)
     if use_reference_representation:
         rewrite_to_reference_representation(model)
+    untie_shared_bias(model)  # a bias shared by two layers gets one int32 scale downstream
     remove_dead_code(model, recompile=False)
     drop_unused_attributes(model)
     model.graph.lint()

@@ -31,7 +31,16 @@ from torch.fx import GraphModule, Node
 
 from .errors import ArgumentValueError
 from .graph import module_path
-from .ops import CHOOSE_QPARAMS_OPS, COMPUTE_OPS, DATA_MOVEMENT_OPS, is_dequantize, is_quantize
+from .ops import (
+    AFFINE_DEQUANTIZE_OPS,
+    AFFINE_OPS,
+    AFFINE_QUANTIZE_OPS,
+    CHOOSE_QPARAMS_OPS,
+    COMPUTE_OPS,
+    DATA_MOVEMENT_OPS,
+    is_dequantize,
+    is_quantize,
+)
 
 __all__ = ["OpRecord", "Report", "QuantizationReport", "quantization_report"]
 
@@ -149,10 +158,11 @@ class QuantizationReport(Report):
     coming from a dequantize (``gelu``, ``layer_norm``, ``softmax``, custom
     ``torch.library`` ops; not views, copies or q/dq, nor an elementwise post-op such
     as ``relu`` between an int8 conv/linear and a quantize, which backends fuse into
-    the integer kernel) is recorded as float too, and
-    so is every operator inside a control-flow branch (``torch.cond``: the pipeline
-    quantizes no branch), named ``branch.node``. ``quantized_ops`` and ``float_ops``
-    (compute ops), ``other_float_ops`` and ``branch_ops`` are views of :attr:`records`.
+    the integer kernel) is recorded as float too. Operators inside control-flow
+    bodies (``torch.cond`` branches, ``while_loop`` and ``scan`` bodies, which prepare
+    and convert quantize like top-level code) are classified the same way and named
+    ``body.node``. ``quantized_ops`` and ``float_ops`` (compute ops), ``other_float_ops``
+    and ``branch_ops`` are views of :attr:`records`.
     """
 
     title: str = ""
@@ -189,8 +199,8 @@ class QuantizationReport(Report):
 
     @property
     def branch_ops(self) -> tuple[OpRecord, ...]:
-        """The operators inside control-flow branches (all float)."""
-        return tuple(r for r in self.records if _BRANCH_REASON in r.reason)
+        """The operators inside control-flow bodies (int8 and float), named ``body.node``."""
+        return tuple(r for r in self.records if "." in r.node)
 
     def summary(self) -> str:
         lines = [f"quantize ops: {self.quantize}, dequantize ops: {self.dequantize}"]
@@ -210,7 +220,6 @@ class QuantizationReport(Report):
         return "\n".join(lines)
 
 
-_BRANCH_REASON = "inside control-flow branch"
 
 
 def _is_compute_record(r: OpRecord) -> bool:
@@ -233,7 +242,7 @@ def _float_inputs(node: Node) -> list[Node] | None:
     tensors = [a for a in node.args[:2] if isinstance(a, Node)]
     if not tensors:
         return None
-    return [a for a in tensors if not is_dequantize(a) and _is_float_tensor(a)]
+    return [a for a in tensors if not _dequantizes(a) and _is_float_tensor(a)]
 
 
 def quantization_report(model: GraphModule) -> QuantizationReport:
@@ -269,9 +278,9 @@ def quantization_report(model: GraphModule) -> QuantizationReport:
         prefix, gm = queue.pop(0)
         fused: set[Node] = set()  # int8 compute ops and the post-ops a backend fuses into them
         for node in gm.graph.nodes:
-            if is_quantize(node):
+            if _quantizes(node):
                 quantize += 1
-            elif is_dequantize(node):
+            elif _dequantizes(node):
                 dequantize += 1
             elif (record := _record(node, prefix, fused)) is not None:
                 records.append(record)
@@ -279,12 +288,22 @@ def quantization_report(model: GraphModule) -> QuantizationReport:
     return QuantizationReport(quantize=quantize, dequantize=dequantize, records=tuple(records))
 
 
+def _quantizes(node: object) -> bool:
+    """A quantize node: ``quantized_decomposed`` or the affine family (``torch.ops.pt2e``)."""
+    return is_quantize(node) or (isinstance(node, Node) and node.target in AFFINE_QUANTIZE_OPS)
+
+
+def _dequantizes(node: object) -> bool:
+    """A dequantize node: ``quantized_decomposed`` or the affine family (``torch.ops.pt2e``)."""
+    return is_dequantize(node) or (isinstance(node, Node) and node.target in AFFINE_DEQUANTIZE_OPS)
+
+
 def _is_other_compute(node: Node) -> bool:
     """An operator computing a float tensor that is not a view/copy, a q/dq or a constant."""
     target = node.target
     if not isinstance(target, torch._ops.OpOverload) or target in DATA_MOVEMENT_OPS:
         return False
-    if target.namespace == "quantized_decomposed" or target in CHOOSE_QPARAMS_OPS:
+    if target.namespace == "quantized_decomposed" or target in CHOOSE_QPARAMS_OPS | AFFINE_OPS:
         return False
     if not any(isinstance(a, Node) and _is_float_tensor(a) for a in node.all_input_nodes):
         return False
@@ -308,7 +327,7 @@ def _feeds_quantize(node: Node, depth: int = 3) -> bool:
     """Whether every user of ``node`` is a quantize, directly or through further post-ops."""
     if not node.users or depth == 0:
         return False
-    return all(is_quantize(u) or (u.target in _POST_OPS and _feeds_quantize(u, depth - 1))
+    return all(_quantizes(u) or (u.target in _POST_OPS and _feeds_quantize(u, depth - 1))
                for u in node.users)
 
 
@@ -316,7 +335,7 @@ def _is_fused_post_op(node: Node, fused: set[Node]) -> bool:
     if node.target not in _POST_OPS:
         return False
     inputs = [a for a in node.all_input_nodes if _is_float_tensor(a)]
-    return (any(a in fused for a in inputs) and all(a in fused or is_dequantize(a) for a in inputs)
+    return (any(a in fused for a in inputs) and all(a in fused or _dequantizes(a) for a in inputs)
             and _feeds_quantize(node))
 
 
@@ -324,24 +343,24 @@ def _record(node: Node, prefix: str, fused: set[Node]) -> OpRecord | None:
     if node.op != "call_function":
         return None
     op, module, name = str(node.target), module_path(node), prefix + node.name
-    branch = f"{_BRANCH_REASON} '{prefix[:-1]}' (control flow is not quantized)" if prefix else ""
+    where = f" in control-flow body '{prefix[:-1]}'" if prefix else ""
     if node.target in COMPUTE_OPS:
         float_inputs = _float_inputs(node)
-        if float_inputs == [] and not prefix:
+        if float_inputs == []:
             fused.add(node)
             return OpRecord(node=name, op=op, precision=INT8, module=module)
         return OpRecord(node=name, op=op, precision="float", module=module,
-                        reason=branch or _float_reason(node, float_inputs))
+                        reason=_float_reason(node, float_inputs) + where)
     if not _is_other_compute(node):
         return None
-    if not prefix and _is_fused_post_op(node, fused):
+    if _is_fused_post_op(node, fused):
         fused.add(node)
         return None  # conv -> relu -> quantize: the relu runs inside the int8 kernel
-    float_inputs = [a for a in node.all_input_nodes if not is_dequantize(a) and _is_float_tensor(a)]
-    if not float_inputs and not prefix:
+    float_inputs = [a for a in node.all_input_nodes if not _dequantizes(a) and _is_float_tensor(a)]
+    if not float_inputs:
         return None  # runs on dequantized values: a backend can fuse it into int8
     return OpRecord(node=name, op=op, precision="float", module=module,
-                    reason=branch or "no int8 pattern: " + _float_reason(node, float_inputs))
+                    reason="no int8 pattern: " + _float_reason(node, float_inputs) + where)
 
 
 def _float_reason(node: Node, float_inputs: list[Node] | None) -> str:

@@ -66,6 +66,7 @@ def collect_qspecs(model: GraphModule) -> dict[EdgeOrNode, Any]:
         ann = get_annotation(node)
         if ann is None:
             continue
+        _refuse_tensor_kwargs(node)
         inputs = node.all_input_nodes
         for inp, spec in (getattr(ann, "input_qspec_map", None) or {}).items():
             if not isinstance(inp, Node) or inp not in inputs:
@@ -84,6 +85,22 @@ def collect_qspecs(model: GraphModule) -> dict[EdgeOrNode, Any]:
             _check_spec(out, node)
             specs[node] = out
     return specs
+
+
+def _refuse_tensor_kwargs(node: Node) -> None:
+    """An annotated node must take its tensors positionally, as torchao requires:
+    prepare observes ``args`` only, so a tensor keyword argument (``out=``) would
+    silently stay float."""
+    for name, value in node.kwargs.items():
+        found: list[Node] = []
+        torch.fx.node.map_arg(value, found.append)
+        if found:
+            raise AnnotationError(
+                f"{describe_node(node)} is annotated but takes the tensor '{found[0].name}' as "
+                f"its keyword argument '{name}=', which prepare cannot observe (torchao refuses "
+                "it too); pass tensors positionally (export the functional form of the op, "
+                "without out=), or leave this node unannotated"
+            )
 
 
 def _check_spec(spec: Any, key: EdgeOrNode) -> None:
@@ -238,7 +255,8 @@ def _observed_kwargs(spec: Any) -> dict[str, Any]:
     }
     cls = _ctor_class(spec.observer_or_fake_quant_ctr)
     # only per-channel observers take ch_axis (same convention as torchao)
-    if "PerChannel" in getattr(cls, "__name__", ""):
+    # and a spec without ch_axis leaves the observer's default axis in place
+    if "PerChannel" in getattr(cls, "__name__", "") and spec.ch_axis is not None:
         kwargs["ch_axis"] = spec.ch_axis
     return kwargs
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 from .x86_inductor import (
     X86InductorQuantizer,
     get_default_x86_inductor_quantization_config,
+    get_x86_inductor_linear_dynamic_fp16_config,
     x86_needs_reduce_range,
 )
 
 __all__ = [
     "X86InductorQuantizer",
     "get_default_x86_inductor_quantization_config",
+    "get_x86_inductor_linear_dynamic_fp16_config",
     "x86_needs_reduce_range",
 ]
 
@@ -47,3 +49,7 @@ __all__ += [
 from .openvino import OpenVINOQuantizer, QuantizationMode, get_openvino_quantization_config  # noqa: E402
 
 __all__ += ["OpenVINOQuantizer", "QuantizationMode", "get_openvino_quantization_config"]
+
+from .embedding import EmbeddingQuantizer, get_embedding_operators_config  # noqa: E402
+
+__all__ += ["EmbeddingQuantizer", "get_embedding_operators_config"]

@@ -17,7 +17,10 @@ module owns everything else, once:
   4. global: rows with ``default=True``.
 
   Within a stage, configs apply in the order they were set. A ``None`` config claims
-  its matches without quantizing them (they stay float). With
+  its matches without quantizing them: they stay float, later stages of this
+  quantizer skip them, and no annotation is written, so the next quantizer of a
+  :class:`~pt2e.quantizer.ComposableQuantizer` may still quantize them (a node a
+  quantizer does not quantize stays free). With
   ``exclusive_module_scopes = True`` (ExecuTorch's rule) a node inside a module named
   or typed in stage 1 or 2 is governed by that stage only: stages 3 and 4 skip it.
   Rows marked ``propagate=True`` (ops that reuse their producer's qparams, such as
@@ -66,6 +69,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self
@@ -93,8 +97,9 @@ from pt2e.quantizer import (
 )
 from pt2e.report import OpRecord, Report
 
-from .annotators import AnnotationContext, mark_not_quantized, unquantized_compute_ops
+from .annotators import AnnotationContext, unquantized_compute_ops
 from .patterns import COMPUTE_OPS, Match, PatternTable
+from .scopes import unmatched_scopes
 
 __all__ = [
     "TableQuantizer",
@@ -199,6 +204,8 @@ class TableQuantizer(Quantizer):
         self.module_name_config: dict[str, QuantizationConfig | None] = {}
         self.module_type_config: dict[Any, QuantizationConfig | None] = {}
         self.operator_type_config: dict[Any, QuantizationConfig | None] = {}
+        # (setter, operator key) the user set through a public set_* method
+        self.user_operator_types: list[tuple[str, Any]] = []
         self.filter_fn: NodeFilter | None = None
         self.unquantized_ops: list[OpRecord] = []
         self.skipped: list[OpRecord] = []
@@ -223,6 +230,8 @@ class TableQuantizer(Quantizer):
     def _set_operator_type(self, operator: Any, config: QuantizationConfig | None, where: str) -> Self:
         self.check_config(config, where)
         self.operator_type_config[operator] = config
+        if where.startswith("set_"):
+            self.user_operator_types.append((where, operator))
         return self
 
     def configs(self) -> list[QuantizationConfig]:
@@ -280,18 +289,23 @@ class TableQuantizer(Quantizer):
 
     def annotate(self, model: GraphModule) -> GraphModule:
         """Annotate ``model`` in place, stage by stage in precedence order, and record the report."""
+        self.warn_unmatched_scopes(model)
         ctx = AnnotationContext()
         covered: dict[Node, QuantizationConfig] = {}
+        # declined nodes stay float and unannotated: skipped here, free for the next quantizer
+        declined: dict[Node, str] = {}
         for stage in self.stages():
-            self._annotate_stage(model, stage, ctx, covered)
+            self._annotate_stage(model, stage, ctx, covered, declined)
         for match in self.patterns.matches(model.graph, propagating=True):
-            if not any_annotated(match.nodes):
+            if not any_annotated(match.nodes) and declined.keys().isdisjoint(match.nodes):
                 match.pattern.annotator(match, None, ctx)
         backend_reasons = {
             node: reason for node, config in covered.items()
             if not is_annotated(node) and (reason := self.unsupported_reason(node, config)) is not None
         }
-        self.unquantized_ops = unquantized_compute_ops(model.graph, self.reasons(), backend_reasons)
+        self.unquantized_ops = unquantized_compute_ops(
+            model.graph, self.reasons(), {**declined, **backend_reasons}
+        )
         refused = {n.name for n in backend_reasons}
         self.skipped = [op for op in self.unquantized_ops if op.node in refused]
         for op in self.unquantized_ops:
@@ -306,20 +320,31 @@ class TableQuantizer(Quantizer):
         stage: Stage,
         ctx: AnnotationContext,
         covered: dict[Node, QuantizationConfig],
+        declined: dict[Node, str],
     ) -> None:
         config = stage.config
         dynamic = is_dynamic_config(config)
         for match in self.patterns.matches(model.graph):
-            if any_annotated(match.nodes) or not stage.selects(match):
+            if any_annotated(match.nodes) or not declined.keys().isdisjoint(match.nodes):
+                continue
+            if not stage.selects(match):
                 continue
             if config is None:
-                mark_not_quantized(match.nodes)
+                declined.update(dict.fromkeys(match.nodes, "excluded by a None quantization config"))
                 continue
             if match.anchor.target in self.tracked_ops:
                 covered.setdefault(match.anchor, config)
             if dynamic and not match.pattern.dynamic:
                 continue
             match.pattern.annotator(match, config, ctx)
+
+    def warn_unmatched_scopes(self, model: GraphModule) -> None:
+        """Warn for each module name, module type or operator setting that selects nothing."""
+        problems = unmatched_scopes(
+            model, module_names=self.module_name_config, module_types=self.module_type_config,
+            operators=self.user_operator_types, operator_matches=_operator_matches)
+        for problem in problems:
+            warnings.warn(f"{type(self).__name__}: {problem}", UserWarning, stacklevel=3)
 
     def report_skipped(self, skipped: list[OpRecord]) -> None:
         """Called after annotation when a config covered ops the backend refused (default: log)."""

@@ -53,7 +53,14 @@ import torch
 from torch.fx import GraphModule, Node
 
 from pt2e.errors import ArgumentTypeError, ArgumentValueError, QuantizationConfigError
-from pt2e.quantizer import QuantizationConfig, QuantizationSpec, mark_annotated
+from pt2e.quantizer import (
+    QuantizationConfig,
+    QuantizationSpec,
+    get_annotation,
+    is_valid_annotation,
+    mark_annotated,
+)
+from pt2e.quantizer.annotation import clear_annotation
 
 from .engine import TableQuantizer, activation_observer, weight_observer
 from .openvino_patterns import (
@@ -334,11 +341,15 @@ class OpenVINOQuantizer(TableQuantizer):
     # --- annotation ---------------------------------------------------------------------------
 
     def annotate(self, model: GraphModule) -> GraphModule:
-        """Annotate ``model`` in place for OpenVINO (ignored-scope nodes are claimed and left float)."""
+        """Annotate ``model`` in place for OpenVINO (ignored-scope nodes stay float and unannotated)."""
         self._ignored_nodes = self._resolve_ignored(model)
         by_name = {n.name: n for n in model.graph.nodes}
         mark_annotated(by_name[name] for name in self._ignored_nodes)
         super().annotate(model)
+        # claimed only so this quantizer's patterns skip them: a later quantizer may take them
+        for name in self._ignored_nodes:
+            if not is_valid_annotation(get_annotation(by_name[name])):
+                clear_annotation(by_name[name])
         reasons = {n: f"in the ignored scope ({why})" for n, why in self._ignored_nodes.items()}
         self.unquantized_ops = [
             _replace_reason(op, reasons[op.node]) if op.node in reasons else op

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch.fx import Node
 
+from observers import PlaceholderObserver
 from pt2e.cpu import cpu_has_vnni
 from pt2e.errors import QuantizationConfigError
 from pt2e.quantizer import QuantizationConfig, QuantizationSpec
@@ -73,6 +74,7 @@ from .patterns import (
 __all__ = [
     "X86InductorQuantizer",
     "get_default_x86_inductor_quantization_config",
+    "get_x86_inductor_linear_dynamic_fp16_config",
     "x86_needs_reduce_range",
     "X86_PATTERNS",
 ]
@@ -132,6 +134,24 @@ def get_default_x86_inductor_quantization_config(
     return QuantizationConfig(act, act, weight, None, is_qat)
 
 
+@functools.lru_cache
+def get_x86_inductor_linear_dynamic_fp16_config() -> QuantizationConfig:
+    """fp16 weights, float activations: ``fp32 x @ (fp16 w -> fp32)`` (torchao's "linear_dynamic_fp16").
+
+    Only the weight is annotated (a ``float16`` spec with a placeholder observer);
+    ``convert_pt2e`` casts it to fp16 and back, and Inductor's freezing passes turn
+    that linear into oneDNN's ``linear_dynamic_fp16`` (``linear_relu_dynamic_fp16``
+    with a relu) on the fp16 weight. Same name and (no) arguments as torchao; meant
+    for linear layers (``set_module_type_qconfig(torch.nn.Linear, ...)`` or global).
+
+    >>> cfg = get_x86_inductor_linear_dynamic_fp16_config()
+    >>> cfg.weight.dtype, cfg.input_activation, cfg.output_activation
+    (torch.float16, None, None)
+    """
+    weight = QuantizationSpec(dtype=torch.float16, observer_or_fake_quant_ctr=PlaceholderObserver)
+    return QuantizationConfig(None, None, weight, None)
+
+
 # --- the pattern table -------------------------------------------------------------------------
 # Priority: longer fusions first so they claim their nodes before the shorter ones;
 # int8-preserving ops last, in graph order, because they quantize only behind a
@@ -146,12 +166,12 @@ _INT8_CONSUMERS = CONV_OPS | LINEAR_OPS | MATMUL_OPS | POOL_OPS | CAT_OPS
 
 def _fused(*, quantize_binary_input: bool) -> Callable[[Match, QuantizationConfig, AnnotationContext], None]:
     def annotate(match: Match, config: QuantizationConfig, ctx: AnnotationContext) -> None:
-        # QAT keeps batch norm in the graph; torchao observes the fused output there
-        qat_bn = config.is_qat and "bn" in match.roles
+        # QAT places q/dq as PTQ does: torchao also quantizes a QAT conv-bn pattern's output
+        # (a TODO workaround for its QAT pattern matcher), an extra q/dq where no consumer
+        # wants int8 (issue 16); a consumer that does quantizes its input as in PTQ
         annotate_weighted_pattern(
             match, config, ctx,
             quantize_binary_input=quantize_binary_input and not is_dynamic_config(config),
-            annotate_output=qat_bn,
         )
         mark_quantized_pattern_output(match.last)
 

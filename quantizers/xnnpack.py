@@ -55,7 +55,6 @@ __all__ = [
 _EPS = 2**-12  # the smallest scale XNNPACK's requantization handles well
 
 
-@functools.lru_cache
 def get_symmetric_quantization_config(
     is_per_channel: bool = False,
     is_qat: bool = False,
@@ -68,9 +67,14 @@ def get_symmetric_quantization_config(
     """The XNNPACK config: int8 asymmetric activations, int8 symmetric weights, float bias.
 
     Same arguments and defaults as ExecuTorch's function. The result is cached, so
-    equal arguments give the same object. ``weight_qmin=-8, weight_qmax=7`` with
+    equal arguments give the same object, however they are spelled (positionally,
+    by keyword, defaults left out). ``weight_qmin=-8, weight_qmax=7`` with
     ``is_per_channel=True`` gives 4-bit weights (XNNPACK's ``qc4w`` kernels; use it
-    with ``is_dynamic=True`` for linear layers).
+    with ``is_dynamic=True`` for linear layers). Any other range is accepted, as
+    ExecuTorch does, e.g. ``weight_qmin=0, weight_qmax=15`` (unsigned 4-bit weights,
+    as in ExecuTorch's tests); XNNPACK has no kernel for it (its int8 path would clamp
+    every negative weight to 0), so ``lowering.to_executorch`` refuses such a graph
+    with ``XnnpackLoweringError``, naming the layer.
 
     >>> cfg = get_symmetric_quantization_config(is_per_channel=True)
     >>> cfg.weight.qscheme, cfg.weight.quant_min, cfg.input_activation.dtype
@@ -82,16 +86,23 @@ def get_symmetric_quantization_config(
     ...
     pt2e.errors.QuantizationConfigError: get_symmetric_quantization_config(weight_qmin=-8, weight_qmax=7) asks for 4-bit weights, which XNNPACK supports per channel only; pass is_per_channel=True
     """
+    return _symmetric_config(is_per_channel, is_qat, is_dynamic, act_qmin, act_qmax, weight_qmin, weight_qmax)
+
+
+@functools.lru_cache
+def _symmetric_config(
+    is_per_channel: bool,
+    is_qat: bool,
+    is_dynamic: bool,
+    act_qmin: int,
+    act_qmax: int,
+    weight_qmin: int,
+    weight_qmax: int,
+) -> QuantizationConfig:
     if (weight_qmin, weight_qmax) == (-8, 7) and not is_per_channel:
         raise QuantizationConfigError(
             "get_symmetric_quantization_config(weight_qmin=-8, weight_qmax=7) asks for 4-bit "
             "weights, which XNNPACK supports per channel only; pass is_per_channel=True"
-        )
-    if weight_qmin != -weight_qmax and (weight_qmin, weight_qmax) != (-8, 7):
-        raise QuantizationConfigError(
-            f"get_symmetric_quantization_config(weight_qmin={weight_qmin}, weight_qmax={weight_qmax}) "
-            "is not a symmetric range; XNNPACK rejects such weights at load time. Use "
-            "-127..127 (int8) or -8..7 (int4)"
         )
     act = QuantizationSpec(
         dtype=torch.int8, quant_min=act_qmin, quant_max=act_qmax,
@@ -171,6 +182,23 @@ class XNNPACKQuantizer(TableQuantizer):
         ops: list[list[Callable]] = [[torch.nn.Conv2d, torch.nn.ReLU], [torch.nn.Conv2d], [torch.nn.Linear],
                [torch.nn.Linear, torch.nn.ReLU], [torch.add], [torch.nn.AdaptiveAvgPool2d]]
         return [OperatorConfig(cfg, ops) for cfg in cls.get_supported_quantization_configs()]
+
+    @classmethod
+    def get_supported_operator_for_quantization_config(
+        cls, quantization_config: QuantizationConfig | None
+    ) -> list[list[Callable]]:
+        """The operator patterns supported with ``quantization_config`` (``None``: every pattern).
+
+        >>> ops = XNNPACKQuantizer.get_supported_operator_for_quantization_config(
+        ...     get_symmetric_quantization_config(is_per_channel=True))
+        >>> [torch.nn.Linear] in ops, XNNPACKQuantizer.get_supported_operator_for_quantization_config(
+        ...     get_symmetric_quantization_config(is_dynamic=True))
+        (True, [])
+        """
+        entries = cls.get_supported_operators()
+        if quantization_config is None:
+            return [ops for entry in entries for ops in entry.operators]
+        return next((list(e.operators) for e in entries if e.config == quantization_config), [])
 
     # ---- the Quantizer contract
 

@@ -19,7 +19,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 PUBLIC: dict[str, list[str]] = {
     "pt2e": [
         "prepare_pt2e", "prepare_qat_pt2e", "convert_pt2e", "capture_pre_autograd_graph",
-        "calibrate", "quantization_report", "QuantizationReport", "Report", "OpRecord",
+        "calibrate", "sync_observers", "quantization_report", "QuantizationReport", "Report", "OpRecord",
         "move_exported_model_to_eval", "move_exported_model_to_train",
         "allow_exported_model_train_eval", "Pt2eError", "QuantizationConfigError",
         "ObserverStateError", "AnnotationError", "NotExportedModelError", "PipelineStateError",
@@ -29,11 +29,18 @@ PUBLIC: dict[str, list[str]] = {
         "NUMERIC_DEBUG_HANDLE_KEY", "FROM_NODE_KEY", "bfs_trace_with_node_process",
         "compare", "AccuracyReport", "LayerAccuracy", "accuracy_aware_fallback",
         "FallbackReport", "FallbackResult", "KeepFloatQuantizer", "WrapperModule",
+        "AffineQuantizedObserverBase", "Granularity", "MappingType", "PerAxis", "PerBlock",
+        "PerGroup", "PerRow", "PerTensor", "PerToken", "TorchAODType", "ZeroPointDomain",
+        "get_block_size",
+        "find_sequential_partitions", "get_equivalent_types", "update_equivalent_types_dict",
+        "reference_representation_rewrite",
+        "SmoothQuant", "BiasCorrection", "CrossLayerEqualization", "quantize_with_recipe",
+        "RecipeReport", "RecipeResult",
     ],
     "pt2e.errors": [
         "Pt2eError", "QuantizationConfigError", "ObserverStateError", "AnnotationError",
         "NotExportedModelError", "PipelineStateError", "ArgumentTypeError", "ArgumentValueError",
-        "UnsupportedOperationError", "ExportedTrainEvalError",
+        "UnsupportedOperationError", "ExportedTrainEvalError", "AnnotationConflictError",
     ],
     "pt2e.quantizer": [
         "Quantizer", "ComposableQuantizer", "EdgeOrNode", "QuantizationSpec", "QuantizationSpecBase",
@@ -54,6 +61,8 @@ PUBLIC: dict[str, list[str]] = {
         "quantize_", "Int4WeightOnlyConfig", "Int8WeightOnlyConfig",
         "Int8DynamicActivationInt8WeightConfig",
         "OpenVINOQuantizer", "QuantizationMode", "get_openvino_quantization_config",
+        "get_x86_inductor_linear_dynamic_fp16_config", "EmbeddingQuantizer",
+        "get_embedding_operators_config",
     ],
     "quantizers.eager": [
         "quantize_", "register_quantize_module_handler", "Int4WeightOnlyConfig",
@@ -68,7 +77,7 @@ PUBLIC: dict[str, list[str]] = {
         "LoweringError", "NotLoweredYetError", "UnknownBackendError", "DuplicateBackendError",
         "BackendImportError",
         "lower_pt2e_quantized_to_x86", "compile_x86", "X86CompiledModel", "KernelReport",
-        "kernel_report", "check_x86_int8",
+        "kernel_report", "check_x86_int8", "X86LoweringError", "check_x86_graph",
         "to_executorch", "ExecuTorchProgram", "DelegationReport", "OutsideNode",
         "check_xnnpack_int8", "ExecuTorchRunner", "ExecuTorchLoadError", "XnnpackLoweringError",
         "check_xnnpack_graph",
@@ -77,10 +86,12 @@ PUBLIC: dict[str, list[str]] = {
         "to_openvino", "OpenVINOModel", "OpenVINOReport", "OpenVINOLayer", "OpenVINOLoweringError",
         "check_openvino_int8", "runtime_report", "expand_folded_weights",
     ],
+    "pt2e.distributed": ["MergeRule", "merge_rule_for", "register_merge_rule", "sync_observers"],
     "observers": [
         "DerivedObserverOrFakeQuantize", "FakeQuantize", "FakeQuantizeBase",
         "FixedQParamsFakeQuantize", "FixedQParamsObserver", "FusedMovingAvgObsFakeQuantize",
-        "HistogramObserver", "LearnableFakeQuantize", "MinMaxObserver",
+        "HistogramObserver", "LearnableFakeQuantize", "MinMaxObserver", "MSEObserver",
+        "PercentileObserver",
         "MovingAverageMinMaxObserver", "MovingAveragePerChannelMinMaxObserver", "NoopObserver",
         "ObserverBase", "ObserverOrFakeQuantize", "ObserverOrFakeQuantizeConstructor",
         "ObserverStateError", "PartialWrapper", "PerChannelMinMaxObserver", "PlaceholderObserver",
@@ -104,6 +115,12 @@ PUBLIC: dict[str, list[str]] = {
         "fused_wt_fake_quant_range_neg_127_to_127", "is_float_qparams", "is_per_channel",
         "is_per_tensor", "is_symmetric", "per_channel_weight_observer_range_neg_127_to_127",
         "qparams_from_min_max", "resolve_quant_range", "weight_observer_range_neg_127_to_127",
+        "AffineFakeQuantize", "AffineQuantizedMinMaxObserver",
+        "AffineQuantizedMovingAverageMinMaxObserver", "AffineQuantizedObserverBase",
+        "AffineQuantizedPlaceholderObserver", "Granularity", "MappingType", "PerAxis", "PerBlock",
+        "PerGroup", "PerRow", "PerTensor", "PerToken", "TorchAODType", "ZeroPointDomain",
+        "default_affine_fake_quant", "default_affine_per_axis_fake_quant",
+        "default_groupwise_fake_quant", "get_block_size",
     ],
 }
 

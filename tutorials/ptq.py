@@ -37,8 +37,10 @@ def main() -> float:
     calibration = [torch.randn(8, 3, 16, 16) for _ in range(8)]
     example = (calibration[0],)
 
-    # 1. capture
-    graph = torch.export.export(model, example).module()
+    # 1. capture; export fixes every size to the example's unless marked dynamic: the
+    # batch may vary here (the example's batch must be at least 2 for that)
+    batch = torch.export.Dim("batch")
+    graph = torch.export.export(model, example, dynamic_shapes=({0: batch},)).module()
     # 2. annotate + insert observers; the default x86 recipe: uint8 activations, int8 weights
     quantizer = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config())
     prepared = prepare_pt2e(graph, quantizer)
@@ -56,6 +58,7 @@ def main() -> float:
     with torch.no_grad():
         db = sqnr_db(model(example[0]), converted(example[0]))
     print(f"SQNR of the converted model vs float: {db:.1f} dB")
+    print("a batch of 3 gives", tuple(converted(torch.randn(3, 3, 16, 16)).shape))
     return db
 
 

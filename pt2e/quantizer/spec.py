@@ -80,14 +80,21 @@ def _check_observed_fields(
     quant_max: int | None,
     qscheme: Any,
     ch_axis: int | None,
+    *,
+    axis_required: bool = True,
 ) -> None:
-    """The checks an observer makes on these fields, in the observer's order, plus ch_axis."""
+    """The checks an observer makes on these fields, in the observer's order, plus ch_axis.
+
+    ``axis_required=False`` (a :class:`QuantizationSpec`, as in torchao) lets a
+    per-channel spec leave ``ch_axis`` out: its observer's default axis applies.
+    """
     check_qscheme(qscheme, SPEC_QSCHEMES, owner=cls)
     check_dtype(dtype, SPEC_DTYPES, owner=cls)
     check_quant_range(quant_min, quant_max, dtype, owner=cls)
     if ch_axis is not None and ch_axis < 0:  # torchao's spec rule; observers take negative axes
         raise _fail(cls, "ch_axis", ch_axis, "is negative; give the channel axis as a non-negative index")
-    check_ch_axis(qscheme, ch_axis, owner=cls)
+    if axis_required:
+        check_ch_axis(qscheme, ch_axis, owner=cls)
 
 
 class QuantizationSpecBase(ABC):  # noqa: B024 - a marker base, as in torchao
@@ -109,6 +116,13 @@ class QuantizationSpec(QuantizationSpecBase):
     ...                      observer_or_fake_quant_ctr=PerChannelMinMaxObserver)
     >>> w.ch_axis
     0
+
+    A per-channel spec may leave ``ch_axis`` out, as in torchao: the observer's
+    default axis (``PerChannelMinMaxObserver``'s is 0) applies.
+
+    >>> QuantizationSpec(dtype=torch.int8, qscheme=torch.per_channel_symmetric,
+    ...                  observer_or_fake_quant_ctr=PerChannelMinMaxObserver).ch_axis is None
+    True
     """
 
     dtype: torch.dtype
@@ -121,7 +135,7 @@ class QuantizationSpec(QuantizationSpecBase):
 
     def __post_init__(self) -> None:
         _check_observed_fields("QuantizationSpec", self.dtype, self.quant_min, self.quant_max,
-                               self.qscheme, self.ch_axis)
+                               self.qscheme, self.ch_axis, axis_required=False)
         if not callable(self.observer_or_fake_quant_ctr):
             raise _fail(
                 "QuantizationSpec", "observer_or_fake_quant_ctr", self.observer_or_fake_quant_ctr,

@@ -28,7 +28,9 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
+# One home for the mapping and granularity types: the affine observers' (torchao has one too).
 from observers.errors import ArgumentTypeError, QuantizationConfigError
+from observers.granularity import Granularity, MappingType, PerGroup, PerRow, PerTensor
 
 __all__ = [
     "EagerQuantizationConfig",
@@ -45,18 +47,6 @@ __all__ = [
 ]
 
 INT4_GROUP_SIZES = (32, 64, 128, 256)
-
-
-class MappingType(enum.Enum):
-    """How a float range maps to the integer range (torchao's ``MappingType``).
-
-    >>> MappingType.SYMMETRIC.name
-    'SYMMETRIC'
-    """
-
-    SYMMETRIC = enum.auto()
-    SYMMETRIC_NO_CLIPPING_ERR = enum.auto()
-    ASYMMETRIC = enum.auto()
 
 
 class Int4PackingFormat(enum.StrEnum):
@@ -89,45 +79,6 @@ class Int4ChooseQParamsAlgorithm(enum.StrEnum):
 
     TINYGEMM = "tinygemm"
     HQQ = "hqq"
-
-
-class Granularity:
-    """Base of the granularities (torchao's ``Granularity``).
-
-    >>> isinstance(PerRow(), Granularity)
-    True
-    """
-
-
-@dataclass(frozen=True)
-class PerTensor(Granularity):
-    """One scale for the whole tensor.
-
-    >>> PerTensor()
-    PerTensor()
-    """
-
-
-@dataclass(frozen=True)
-class PerRow(Granularity):
-    """One scale per row: per output channel for a weight, per token for an activation.
-
-    >>> PerRow().dim
-    -1
-    """
-
-    dim: int = -1
-
-
-@dataclass(frozen=True)
-class PerGroup(Granularity):
-    """One scale per ``group_size`` consecutive elements of a row.
-
-    >>> PerGroup(32).group_size
-    32
-    """
-
-    group_size: int
 
 
 class EagerQuantizationConfig:

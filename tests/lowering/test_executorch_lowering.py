@@ -295,3 +295,18 @@ def test_check_accepts_our_quantizer_output():
     converted = _calibrated(model, (2, 8), XNNPACKQuantizer().set_global(
         get_symmetric_quantization_config(is_per_channel=True)), steps=1)
     check_xnnpack_graph(converted)
+
+
+@pytest.mark.parametrize(("qmin", "qmax", "match"), [
+    (0, 15, r"range 0\.\.15 .*negative weight is clamped to 0"),
+    (-128, 100, r"range -128\.\.100 .*rejects such weights"),
+], ids=["uint4", "asymmetric"])
+def test_weight_range_executorch_accepts_is_refused_at_lowering(qmin, qmax, match):
+    cfg = get_symmetric_quantization_config(
+        is_per_channel=True, is_dynamic=True, weight_qmin=qmin, weight_qmax=qmax)
+    converted = _calibrated(MLP((8, 16, 4)), (2, 8), XNNPACKQuantizer().set_global(cfg), steps=1)
+    with pytest.raises(XnnpackLoweringError, match=match) as err:
+        check_xnnpack_graph(converted)
+    assert "node '" in str(err.value)
+    with pytest.raises(XnnpackLoweringError, match=match):
+        to_executorch(converted, (torch.randn(2, 8),))

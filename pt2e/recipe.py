@@ -1,0 +1,215 @@
+"""One call that quantizes a model with the post-training algorithms that help its family.
+
+:func:`quantize_with_recipe` runs the default flow (prepare, calibrate, convert) once as
+the baseline, then tries the steps of the family's recipe in order, keeping each one
+only if it raises the score on the evaluation data (the output SQNR against the float
+model, or the user's ``metric``):
+
+==============  =============================================================================
+family          steps tried, in order
+==============  =============================================================================
+transformer     SmoothQuant on linears (each ``alpha``, best kept); bias correction
+convnet         cross-layer equalization; SmoothQuant on convs and linears; bias correction
+auto            ``transformer`` if the graph has a ``layer_norm``/``softmax``/attention op,
+                else ``convnet`` if it has a conv, else ``transformer``
+==============  =============================================================================
+
+Every float step (:class:`~pt2e.smoothing.SmoothQuant`,
+:class:`~pt2e.equalization.CrossLayerEqualization`) costs one more calibration run;
+:class:`~pt2e.bias_correction.BiasCorrection` one pass over the calibration data. The
+report says what was applied and each step's score (see ``docs/algorithms.md``).
+
+>>> import torch
+>>> from quantizers import X86InductorQuantizer, get_default_x86_inductor_quantization_config
+>>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+<torch._C.Generator object at ...>
+>>> m = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
+>>> data = [torch.randn(8, 8) for _ in range(4)]
+>>> gm = torch.export.export(m, (data[0],)).module()
+>>> q = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config())
+>>> result = quantize_with_recipe(gm, q, data, family="convnet")
+>>> [s.name for s in result.report.steps]
+['default flow', 'cross-layer equalization', 'SmoothQuant (alpha 0.5)', 'SmoothQuant (alpha 0.8)', 'bias correction']
+>>> result.report.final >= result.report.baseline
+True
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+from torch.fx import GraphModule
+from torch.fx.passes.infra.pass_base import PassBase
+from torch.utils._pytree import tree_leaves
+
+from .accuracy import run_batches
+from .bias_correction import BiasCorrection
+from .equalization import CrossLayerEqualization
+from .errors import ArgumentTypeError, ArgumentValueError
+from .numeric_debugger import sqnr
+from .ops import CONV_OPS
+from .quantize_pt2e import convert_pt2e, prepare_pt2e
+from .quantizer.base import Quantizer
+from .report import Report
+from .smoothing import SmoothQuant
+
+__all__ = ["quantize_with_recipe", "RecipeReport", "RecipeResult", "RecipeStep", "FAMILIES"]
+
+FAMILIES = ("auto", "transformer", "convnet")
+
+aten = torch.ops.aten
+_TRANSFORMER_OPS = frozenset({
+    aten.layer_norm.default, aten.softmax.int, aten._softmax.default,
+    aten.scaled_dot_product_attention.default,
+})
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecipeStep:
+    """One step tried: its ``name``, whether it was ``applied`` (kept), the ``score`` the
+    model reached with it, and ``detail`` (what it changed)."""
+
+    name: str
+    applied: bool
+    score: float
+    detail: str = ""
+
+    def __str__(self) -> str:
+        mark = "applied" if self.applied else "skipped (no gain)"
+        return f"{self.name}: {self.score:.4f} {mark}" + (f"; {self.detail}" if self.detail else "")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecipeReport(Report):
+    """What :func:`quantize_with_recipe` did: the ``family``, each step with its score,
+    the ``baseline`` (default flow) and ``final`` scores, the ``metric`` name, and the cost."""
+
+    title: str = ""
+    family: str = ""
+    metric: str = "output SQNR (dB)"
+    steps: tuple[RecipeStep, ...] = ()
+    baseline: float = math.nan
+    final: float = math.nan
+    calibration_runs: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.title:
+            kept = [s.name for s in self.steps[1:] if s.applied] or ["nothing"]
+            object.__setattr__(self, "title", (
+                f"recipe '{self.family}': {self.metric} {self.baseline:.4f} -> {self.final:.4f} "
+                f"(applied: {', '.join(kept)}; {self.calibration_runs} calibration runs)"))
+
+    def summary(self) -> str:
+        """The title, then one indented line per step."""
+        return "\n".join([self.title] + ["  " + str(s) for s in self.steps])
+
+
+class RecipeResult(NamedTuple):
+    """The converted model and the :class:`RecipeReport`."""
+
+    model: GraphModule
+    report: RecipeReport
+
+
+def _family(model: GraphModule) -> str:
+    targets = {n.target for n in model.graph.nodes if n.op == "call_function"}
+    if targets & _TRANSFORMER_OPS:
+        return "transformer"
+    if targets & CONV_OPS:
+        return "convnet"
+    return "transformer"
+
+
+def _flat(outputs: list[Any]) -> torch.Tensor:
+    return torch.cat([t.reshape(-1).double() for t in tree_leaves(outputs) if isinstance(t, torch.Tensor)])
+
+
+def quantize_with_recipe(
+    model: GraphModule,
+    quantizer: Quantizer,
+    calibration_data: Sequence[Any],
+    *,
+    family: str = "auto",
+    eval_data: Sequence[Any] | None = None,
+    metric: Callable[[torch.nn.Module], float] | None = None,
+    alpha: float | Sequence[float] = (0.5, 0.8),
+) -> RecipeResult:
+    """Quantize the exported float ``model`` with ``quantizer`` and the recipe of ``family``.
+
+    ``calibration_data`` and ``eval_data`` (default: the calibration data) are lists of
+    batches (tuples of arguments, or tensors). The score is the output SQNR against the
+    float model on ``eval_data``, or ``metric(model)`` (higher is better). ``alpha`` is
+    SmoothQuant's migration strength, or several to try (each one calibration run; the
+    best is kept). ``model`` is not changed. Example: see the module
+    docstring.
+    """
+    if family not in FAMILIES:
+        raise ArgumentValueError(f"quantize_with_recipe(family={family!r}): pass one of {FAMILIES}")
+    if not isinstance(model, GraphModule):
+        raise ArgumentTypeError(
+            f"quantize_with_recipe expects the exported float model, got {type(model).__name__}; "
+            "pass torch.export.export(model, example_args).module()")
+    calibration = list(calibration_data)
+    if not calibration:
+        raise ArgumentValueError("quantize_with_recipe got no calibration_data; pass a list of batches")
+    evaluation = list(eval_data) if eval_data is not None else calibration
+    chosen = _family(model) if family == "auto" else family
+    reference = _flat(run_batches(model, evaluation))
+    runs = [0]
+
+    def score(m: torch.nn.Module) -> float:
+        if metric is not None:
+            return float(metric(m))
+        return float(sqnr(reference, _flat(run_batches(m, evaluation))))
+
+    def quantize(float_model: GraphModule) -> GraphModule:
+        runs[0] += 1
+        prepared = prepare_pt2e(copy.deepcopy(float_model), quantizer)
+        run_batches(prepared, calibration)
+        return convert_pt2e(prepared)
+
+    alphas = (alpha,) if isinstance(alpha, (int, float)) else tuple(alpha)
+    smooth: list[tuple[str, Callable[[], PassBase]]] = [
+        (f"SmoothQuant (alpha {a:g})", lambda a=a: SmoothQuant(calibration, alpha=float(a),  # type: ignore[misc]
+                                                               convs=chosen == "convnet"))
+        for a in alphas]
+    # each stage: alternatives tried from the same model; the best one is kept if it helps
+    stages: list[list[tuple[str, Callable[[], PassBase]]]] = [smooth]
+    if chosen == "convnet":
+        stages.insert(0, [("cross-layer equalization", CrossLayerEqualization)])
+
+    best_float = copy.deepcopy(model)
+    best_q = quantize(best_float)
+    best = baseline = score(best_q)
+    steps = [RecipeStep(name="default flow", applied=True, score=baseline)]
+    for stage in stages:
+        tried = []
+        for name, make in stage:
+            candidate = copy.deepcopy(best_float)
+            p = make()
+            p(candidate)
+            q = quantize(candidate)
+            tried.append((score(q), name, candidate, q, len(getattr(p, "layers", ()))))
+        top = max(tried, key=lambda t: t[0])
+        for s_, name, _, _, n in tried:
+            keep = name == top[1] and s_ > best
+            steps.append(RecipeStep(name=name, applied=keep, score=s_, detail=f"{n} layer groups scaled"))
+        if top[0] > best:
+            best, best_float, best_q = top[0], top[2], top[3]
+    corrected = copy.deepcopy(best_q)
+    bc = BiasCorrection(best_float, calibration)
+    bc(corrected)
+    s = score(corrected)
+    keep = s > best
+    steps.append(RecipeStep(name="bias correction", applied=keep, score=s,
+                            detail=f"{len(bc.layers)} biases corrected"))
+    if keep:
+        best, best_q = s, corrected
+    report = RecipeReport(family=chosen, metric="metric" if metric is not None else "output SQNR (dB)",
+                          steps=tuple(steps), baseline=baseline, final=best, calibration_runs=runs[0])
+    return RecipeResult(best_q, report)

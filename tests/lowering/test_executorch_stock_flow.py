@@ -1,0 +1,118 @@
+"""ExecuTorch's own lowering API on our converted graphs (no help from lowering.to_executorch),
+and what our to_executorch delegates on a MobileNetV3-style graph.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from support.numerics import sqnr
+from torch import nn
+
+from lowering import to_executorch
+from lowering.executorch_runtime import ExecuTorchRunner
+from pt2e import convert_pt2e, prepare_pt2e
+from quantizers import XNNPACKQuantizer, get_symmetric_quantization_config
+
+pytest.importorskip("executorch.runtime")
+
+MIN_SQNR_DB = 30.0
+
+
+class Tied(nn.Module):
+    """One nn.Linear applied twice: one bias constant read by two layers of different input scales."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(32, 32)
+        self.head = nn.Linear(32, 16)
+        with torch.no_grad():
+            self.fc.bias.mul_(3)
+
+    def forward(self, x):
+        return self.head(self.fc(torch.relu(self.fc(x))))
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc1, self.fc2 = nn.Conv2d(c, c // 4, 1), nn.Conv2d(c // 4, c, 1)
+
+    def forward(self, x):
+        return x * nn.functional.hardsigmoid(self.fc2(torch.relu(self.fc1(self.pool(x)))))
+
+
+class InvertedResidual(nn.Module):
+    def __init__(self, cin: int, cexp: int, cout: int, se: bool) -> None:
+        super().__init__()
+        self.expand = nn.Sequential(nn.Conv2d(cin, cexp, 1, bias=False), nn.BatchNorm2d(cexp), nn.Hardswish())
+        self.dw = nn.Sequential(nn.Conv2d(cexp, cexp, 3, padding=1, groups=cexp, bias=False),
+                                nn.BatchNorm2d(cexp), nn.Hardswish())
+        self.se = SqueezeExcite(cexp) if se else nn.Identity()
+        self.project = nn.Sequential(nn.Conv2d(cexp, cout, 1, bias=False), nn.BatchNorm2d(cout))
+        self.residual = cin == cout
+
+    def forward(self, x):
+        y = self.project(self.se(self.dw(self.expand(x))))
+        return x + y if self.residual else y
+
+
+class MobileNetV3Style(nn.Module):
+    """Hardswish stem, three inverted-residual blocks (two with squeeze-excite), a hardswish head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, stride=2, padding=1, bias=False),
+                                  nn.BatchNorm2d(16), nn.Hardswish())
+        self.blocks = nn.Sequential(InvertedResidual(16, 32, 16, True), InvertedResidual(16, 48, 24, False),
+                                    InvertedResidual(24, 64, 24, True))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(24, 64), nn.Hardswish(),
+                                  nn.Linear(64, 10))
+
+    def forward(self, x):
+        return self.head(self.blocks(self.stem(x)))
+
+
+def _converted(model: nn.Module, shape: tuple[int, ...]) -> torch.fx.GraphModule:
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    prepared = prepare_pt2e(torch.export.export(model, (torch.randn(*shape),)).module(), quantizer)
+    for _ in range(8):
+        prepared(torch.randn(*shape))
+    return convert_pt2e(prepared)
+
+
+@pytest.mark.slow
+def test_stock_executorch_flow_keeps_a_twice_applied_linear_accurate():
+    """``to_edge_transform_and_lower(..., partitioner=[XnnpackPartitioner()])`` on the converted
+    graph: before convert untied the shared bias, XNNPACK quantized it with the first layer's
+    scale in both layers (5.9 dB against float)."""
+    import executorch.kernels.quantized  # noqa: F401  (the portable quantize/dequantize kernels)
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    model = Tied().eval()
+    converted = _converted(model, (8, 32))
+    x = torch.randn(8, 32)
+    edge = to_edge_transform_and_lower(torch.export.export(converted, (x,)),
+                                       partitioner=[XnnpackPartitioner()])
+    runner = ExecuTorchRunner(bytes(edge.to_executorch().buffer))
+    out = runner(x)
+    assert sqnr(model(x), out) >= MIN_SQNR_DB
+    assert sqnr(converted(x), out) >= MIN_SQNR_DB
+
+
+@pytest.mark.slow
+def test_mobilenet_v3_style_graph_is_delegated_whole():
+    """Hardsigmoid (squeeze-excite) and ``x / 6`` used to leave an int64->float cast of their
+    constant outside the delegate ("invalid dtype"), one per Python-number operand."""
+    model = MobileNetV3Style().eval()
+    converted = _converted(model, (2, 3, 32, 32))
+    x = torch.randn(2, 3, 32, 32)
+    program = to_executorch(converted, (x,))
+    report = program.report
+    assert report.num_delegates == 1, report.summary()
+    assert report.outside == (), report.summary()
+    assert report.count("convolution", precision="int8") == 14, report.summary()
+    assert report.count("linear", precision="int8") == 2, report.summary()
+    assert sqnr(model(x), program(x)) >= MIN_SQNR_DB
