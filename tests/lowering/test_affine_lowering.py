@@ -12,6 +12,7 @@ import re
 import pytest
 import torch
 from support.numerics import sqnr
+from support.reference_quantizer import LinearSpecQuantizer
 
 import lowering
 from observers import (
@@ -25,7 +26,7 @@ from observers import (
 )
 from pt2e import convert_pt2e, prepare_pt2e
 from pt2e.errors import UnsupportedOperationError
-from pt2e.quantizer import QuantizationSpec, Quantizer, annotate_input_qspec_map, mark_annotated
+from pt2e.quantizer import QuantizationSpec
 
 GROUP_W = QuantizationSpec(
     dtype=torch.int8, quant_min=-8, quant_max=7, qscheme=None,
@@ -40,23 +41,6 @@ F8_ACT = QuantizationSpec(dtype=torch.float8_e4m3fn, quant_min=-448, quant_max=4
                           qscheme=torch.per_tensor_symmetric, observer_or_fake_quant_ctr=MinMaxObserver)
 F8_W = QuantizationSpec(dtype=torch.float8_e4m3fn, quant_min=-448, quant_max=448, ch_axis=0,
                         qscheme=torch.per_channel_symmetric, observer_or_fake_quant_ctr=PerChannelMinMaxObserver)
-
-
-class _Linears(Quantizer):
-    def __init__(self, act, weight):
-        self.act, self.weight = act, weight
-
-    def annotate(self, model):
-        for n in model.graph.nodes:
-            if n.target == torch.ops.aten.linear.default:
-                if self.act is not None:
-                    annotate_input_qspec_map(n, n.args[0], self.act)
-                annotate_input_qspec_map(n, n.args[1], self.weight)
-                mark_annotated([n])
-        return model
-
-    def validate(self, model):
-        pass
 
 
 SCHEMES = {
@@ -74,7 +58,7 @@ def converted():
     x = torch.randn(4, 32)
     out = {}
     for name, (act, weight, _) in SCHEMES.items():
-        prepared = prepare_pt2e(torch.export.export(model, (x,)).module(), _Linears(act, weight))
+        prepared = prepare_pt2e(torch.export.export(model, (x,)).module(), LinearSpecQuantizer(act, weight))
         prepared(x)
         out[name] = (convert_pt2e(prepared), model, x)
     return out

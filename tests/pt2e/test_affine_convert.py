@@ -11,6 +11,7 @@ import operator
 import pytest
 import torch
 from support.numerics import sqnr
+from support.reference_quantizer import LinearSpecQuantizer
 
 from observers import (
     AffineFakeQuantize,
@@ -26,7 +27,7 @@ from observers import (
 )
 from pt2e import convert_pt2e, prepare_pt2e
 from pt2e.errors import ObserverStateError, UnsupportedOperationError
-from pt2e.quantizer import QuantizationSpec, Quantizer, annotate_input_qspec_map, mark_annotated
+from pt2e.quantizer import QuantizationSpec
 
 AFF = torch.ops.pt2e
 QD = torch.ops.quantized_decomposed
@@ -113,25 +114,6 @@ def test_ops_survive_export_as_single_nodes():
 
 # -- convert_pt2e ------------------------------------------------------------------------------
 
-class _LinearQuantizer(Quantizer):
-    """Annotates every linear with the given activation and weight specs."""
-
-    def __init__(self, act, weight):
-        self.act, self.weight = act, weight
-
-    def annotate(self, model):
-        for n in model.graph.nodes:
-            if n.target == torch.ops.aten.linear.default:
-                if self.act is not None:
-                    annotate_input_qspec_map(n, n.args[0], self.act)
-                annotate_input_qspec_map(n, n.args[1], self.weight)
-                mark_annotated([n])
-        return model
-
-    def validate(self, model):
-        pass
-
-
 def _convert(quantizer, model, x):
     prepared = prepare_pt2e(torch.export.export(model, (x,)).module(), quantizer)
     prepared(x)
@@ -152,7 +134,7 @@ TOKEN_ACT = QuantizationSpec(
 def test_groupwise_weight_and_per_token_activation_convert():
     model = torch.nn.Sequential(torch.nn.Linear(32, 8)).eval()
     x = torch.randn(2, 5, 32)
-    converted = _convert(_LinearQuantizer(TOKEN_ACT, GROUP_W), model, x)
+    converted = _convert(LinearSpecQuantizer(TOKEN_ACT, GROUP_W), model, x)
     counts = count_targets(converted)
     assert counts.get("pt2e.choose_qparams_affine.default") == 1
     assert counts.get("pt2e.quantize_affine.default") == 1  # the weight's is folded
@@ -182,7 +164,7 @@ def test_affine_fake_quantize_converts_like_its_observer():
         mapping_type=MappingType.SYMMETRIC, target_dtype=torch.int8, granularity=PerGroup(16)))
     model = torch.nn.Sequential(torch.nn.Linear(32, 4)).eval()
     x = torch.randn(3, 32)
-    converted = _convert(_LinearQuantizer(None, w_spec), model, x)
+    converted = _convert(LinearSpecQuantizer(None, w_spec), model, x)
     assert count_targets(converted).get("pt2e.dequantize_affine.default") == 1
     assert sqnr(model(x), converted(x)) > 30
 
@@ -193,7 +175,7 @@ def test_uncalibrated_and_float_domain_are_refused():
     static_act = QuantizationSpec(dtype=torch.uint8, qscheme=None, observer_or_fake_quant_ctr=(
         AffineQuantizedMinMaxObserver.with_args(mapping_type=MappingType.ASYMMETRIC, target_dtype=torch.uint8,
                                                 granularity=PerToken())))
-    prepared = prepare_pt2e(torch.export.export(model, (x,)).module(), _LinearQuantizer(static_act, GROUP_W))
+    prepared = prepare_pt2e(torch.export.export(model, (x,)).module(), LinearSpecQuantizer(static_act, GROUP_W))
     with pytest.raises(ObserverStateError, match=r"observer 'activation_post_process_\d+' \(observing .*seen no data"):
         convert_pt2e(prepared)
     tinygemm = QuantizationSpec(dtype=torch.uint8, qscheme=None, observer_or_fake_quant_ctr=(
@@ -201,7 +183,7 @@ def test_uncalibrated_and_float_domain_are_refused():
             mapping_type=MappingType.ASYMMETRIC, target_dtype=torch.uint8, granularity=PerGroup(16), quant_min=0,
             quant_max=15, preserve_zero=False, zero_point_domain=ZeroPointDomain.FLOAT)))
     with pytest.raises(UnsupportedOperationError, match="ZeroPointDomain.FLOAT.*Int4WeightOnlyConfig"):
-        _convert(_LinearQuantizer(None, tinygemm), model, x)
+        _convert(LinearSpecQuantizer(None, tinygemm), model, x)
 
 
 # -- float8 ------------------------------------------------------------------------------------
@@ -222,7 +204,7 @@ def test_float8_spec_converts(per_channel, F8):
         observer_or_fake_quant_ctr=PerChannelMinMaxObserver if per_channel else MinMaxObserver)
     model = torch.nn.Sequential(torch.nn.Linear(32, 8)).eval()
     x = torch.randn(4, 32)
-    converted = _convert(_LinearQuantizer(act, weight), model, x)
+    converted = _convert(LinearSpecQuantizer(act, weight), model, x)
     q_act = [n for n in converted.graph.nodes if n.target == QD.quantize_per_tensor.default]
     assert len(q_act) == 1 and q_act[0].args[3:] == (-top, top, F8)  # activation: torchao's op
     dq_w = [n for n in converted.graph.nodes if n.op == "call_function" and "dequantize" in str(n.target)
@@ -267,7 +249,7 @@ def test_observer_with_own_convert_is_honoured():
     x = torch.randn(3, 8)
     weight = QuantizationSpec(dtype=torch.int8, qscheme=torch.per_tensor_symmetric,
                               observer_or_fake_quant_ctr=MinMaxObserver)
-    prepared = prepare_pt2e(torch.export.export(model, (x,)).module(), _LinearQuantizer(spec, weight))
+    prepared = prepare_pt2e(torch.export.export(model, (x,)).module(), LinearSpecQuantizer(spec, weight))
     prepared(x)
     obs = next(m for m in prepared.modules() if isinstance(m, ClampObserver))
     converted = convert_pt2e(prepared)
@@ -284,7 +266,7 @@ def test_quantization_report_counts_affine_qdq_and_the_int8_linear():
     from pt2e import quantization_report
 
     model = torch.nn.Sequential(torch.nn.Linear(32, 8), torch.nn.ReLU()).eval()
-    report = quantization_report(_convert(_LinearQuantizer(TOKEN_ACT, GROUP_W), model, torch.randn(2, 5, 32)))
+    report = quantization_report(_convert(LinearSpecQuantizer(TOKEN_ACT, GROUP_W), model, torch.randn(2, 5, 32)))
     # choose_qparams feeds the activation's quantize; the weight's quantize was folded away
     assert (report.quantize, report.dequantize) == (1, 2)
     assert report.quantized_ops == {"aten.linear.default": 1}

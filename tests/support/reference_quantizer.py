@@ -143,3 +143,23 @@ class ReferenceQuantizer(Quantizer):
 
     def validate(self, model):
         pass
+
+
+class LinearSpecQuantizer(Quantizer):
+    """Annotates every linear with the given activation spec (``None``: weight only) and
+    weight spec; for tests of observer/spec kinds the reference quantizer does not build."""
+
+    def __init__(self, act: QuantizationSpec | None, weight: QuantizationSpec) -> None:
+        self.act, self.weight = act, weight
+
+    def annotate(self, model: torch.fx.GraphModule) -> torch.fx.GraphModule:
+        for n in model.graph.nodes:
+            if n.target == aten.linear.default:
+                if self.act is not None:
+                    annotate_input_qspec_map(n, n.args[0], self.act)
+                annotate_input_qspec_map(n, n.args[1], self.weight)
+                mark_annotated([n])
+        return model
+
+    def validate(self, model: torch.fx.GraphModule) -> None:
+        pass
