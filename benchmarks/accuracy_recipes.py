@@ -168,9 +168,17 @@ def convnet(kind: str, images: torch.Tensor, seed: int = 0, spread: float = 0.25
     return model.eval()
 
 
+# ``--reduce-range``: None reads the CPU (7-bit activations without VNNI, pt2e.cpu)
+REDUCE_RANGE: bool | None = None
+
+
+def reduce_range() -> bool:
+    return x86_needs_reduce_range() if REDUCE_RANGE is None else REDUCE_RANGE
+
+
 def x86_quantizer() -> X86InductorQuantizer:
     return X86InductorQuantizer().set_global(
-        get_default_x86_inductor_quantization_config(reduce_range=x86_needs_reduce_range()))
+        get_default_x86_inductor_quantization_config(reduce_range=reduce_range()))
 
 
 def _quantize(gm: torch.fx.GraphModule, calib: list[Any]) -> torch.fx.GraphModule:
@@ -217,7 +225,8 @@ def run_convnets(args: argparse.Namespace) -> dict[str, Any]:
             return float(sqnr(ref, torch.cat(run_batches(m, evaluation))))
 
         t0 = time.perf_counter()
-        row: dict[str, Any] = contributions(gm, calib, score, convnet_family=True, alphas=args.alpha)
+        row: dict[str, Any] = contributions(gm, calib, score, convnet_family=True,
+                                            alphas=args.alpha or [0.5, 0.65, 0.8])
         recipe = quantize_with_recipe(gm, x86_quantizer(), calib, family="convnet", alpha=args.alpha,
                                       eval_data=val)
         print(recipe.report)
@@ -246,7 +255,8 @@ def run_minilm(args: argparse.Namespace) -> dict[str, Any]:
         return mean_cosine(m, evaluation, ref)
 
     t0 = time.perf_counter()
-    row: dict[str, Any] = contributions(gm, calib, score, convnet_family=False, alphas=args.alpha)
+    row: dict[str, Any] = contributions(gm, calib, score, convnet_family=False,
+                                        alphas=args.alpha or [0.5, 0.8])
     # the recipe scores on the calibration sentences (the evaluation ones stay unseen)
     recipe = quantize_with_recipe(gm, x86_quantizer(), calib, family="transformer", alpha=args.alpha)
     print(recipe.report)
@@ -265,14 +275,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--eval", type=int, default=64, help="MiniLM evaluation sentences (disjoint)")
     p.add_argument("--seq-len", type=int, default=64)
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--alpha", type=float, nargs="+", default=[0.5, 0.8],
-                   help="SmoothQuant alphas (each shown alone; the recipe keeps the best)")
+    p.add_argument("--alpha", type=float, nargs="+", default=None,
+                   help="SmoothQuant alphas (each shown alone; the recipe keeps the best); "
+                        "default: the recipe's per family (convnet 0.5 0.65 0.8, transformer 0.5 0.8)")
+    p.add_argument("--reduce-range", choices=["auto", "on", "off"], default="auto",
+                   help="7-bit activations: auto reads the CPU (on without VNNI)")
     p.add_argument("--images", type=int, default=512, help="images for the batch-norm statistics")
     p.add_argument("--calib-images", type=int, default=64)
     p.add_argument("--eval-images", type=int, default=64)
     args = p.parse_args(argv)
+    global REDUCE_RANGE
+    REDUCE_RANGE = None if args.reduce_range == "auto" else args.reduce_range == "on"
     out: dict[str, Any] = {"cpu": cpu_model(), "threads": torch.get_num_threads(),
-                           "reduce_range": x86_needs_reduce_range()}
+                           "reduce_range": reduce_range()}
     if args.models in ("all", "convnets"):
         out["convnets"] = run_convnets(args)
     if args.models in ("all", "minilm"):

@@ -90,6 +90,11 @@ def _x86_recommended_config() -> dict[str, Any]:
     return {"reduce_range": not cpu_has_vnni()}
 
 
+def _openvino_recommended_config() -> dict[str, Any]:
+    # without VNNI, OpenVINO's u8*s8 int8 kernels saturate with full-range weights
+    return {} if cpu_has_vnni() else {"overflow_fix": "enable"}
+
+
 @dataclass(frozen=True, kw_only=True)
 class Backend:
     """One backend: how to quantize for it, lower to it and check what ran in int8.
@@ -271,5 +276,6 @@ register_backend(Backend(
     default_config="quantizers:get_openvino_quantization_config",
     lower_function="lowering.openvino:to_openvino",
     check_function="lowering.openvino:check_openvino_int8",
+    recommended_config="lowering.backends:_openvino_recommended_config",
     default_convert_kwargs={"fold_quantize": False},
 ))

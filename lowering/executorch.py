@@ -36,12 +36,14 @@ from torch.fx import GraphModule, Node
 
 from pt2e.ops import CONV_OPS, CONV_TRANSPOSE_OPS, LINEAR_OPS
 from pt2e.report import OpRecord, Report
+from pt2e.untie import untie_shared_conv1d_weight
 
 from .contract import KernelFamily, check_affine_ops, check_int8, check_lowerable
 from .executorch_checks import (
     BatchNormToAffinePass,
     DropUnusedConstantsPass,
     FloatScalarOperandsPass,
+    OutputDequantizePass,
     UntieSharedBiasPass,
     XnnpackLoweringError,
     check_xnnpack_graph,
@@ -270,6 +272,9 @@ def to_executorch(
     if isinstance(model, GraphModule):
         model = copy.deepcopy(model)
         UntieSharedBiasPass()(model)
+        # convert_pt2e already unties both; these guards cover graphs converted elsewhere
+        untie_shared_conv1d_weight(model)
+        OutputDequantizePass()(model)
         FloatScalarOperandsPass()(model)
         BatchNormToAffinePass()(model)
         DropUnusedConstantsPass()(model)

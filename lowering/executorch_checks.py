@@ -34,6 +34,7 @@ from pt2e.ops import (
     LINEAR_OPS,
     PER_CHANNEL_OPS,
     QUANTIZE_OPS,
+    is_dequantize,
 )
 from pt2e.untie import untie_shared_bias
 
@@ -41,6 +42,7 @@ __all__ = [
     "XnnpackLoweringError",
     "check_xnnpack_graph",
     "UntieSharedBiasPass",
+    "OutputDequantizePass",
     "DropUnusedConstantsPass",
     "FloatScalarOperandsPass",
     "BatchNormToAffinePass",
@@ -231,6 +233,49 @@ class DropUnusedConstantsPass(PassBase):
         return PassResult(graph_module, drop_unused_attributes(graph_module) > 0)
 
 
+class OutputDequantizePass(PassBase):
+    """Give each graph output that reads a dequantize shared with another op its own copy.
+
+    ``convert_pt2e`` (as torchao's) gives every annotated consumer of a shared
+    dequantize its own, but not the graph's output. XNNPACK's delegate then fails
+    at run time, static or dynamic shapes alike ("Propagating input shapes failed",
+    ``xnn_status_invalid_parameter``), on ``t = conv(x); return conv2(avg_pool(t)), t``
+    where one dequantize of ``t`` feeds both the output and the pooling (torchao's
+    XNNPACK flow fails the same way; found by the fuzzer, tests/fuzz). Numerics are
+    unchanged: the copy computes the same dequantize.
+
+    >>> import torch
+    >>> qd = torch.ops.quantized_decomposed
+    >>> class Shared(torch.nn.Module):
+    ...     def forward(self, x):
+    ...         q = qd.quantize_per_tensor.default(x, 0.1, 0, -128, 127, torch.int8)
+    ...         t = qd.dequantize_per_tensor.default(q, 0.1, 0, -128, 127, torch.int8)
+    ...         return torch.relu(t), t
+    >>> gm = torch.export.export(Shared(), (torch.randn(2),)).module()
+    >>> OutputDequantizePass()(gm).modified
+    True
+    >>> sum(n.target == qd.dequantize_per_tensor.default for n in gm.graph.nodes)
+    2
+    """
+
+    def call(self, graph_module: GraphModule) -> PassResult:
+        graph = graph_module.graph
+        output = next(n for n in graph.nodes if n.op == "output")
+        made = 0
+        for dq in list(output.all_input_nodes):
+            if not is_dequantize(dq) or len(dq.users) < 2:
+                continue
+            with graph.inserting_after(dq):
+                copy = graph.node_copy(dq)
+            copy_meta(copy, dq)
+            output.replace_input_with(dq, copy)
+            made += 1
+        if made:
+            graph.lint()
+            graph_module.recompile()
+        return PassResult(graph_module, made > 0)
+
+
 # float arithmetic whose Python-number operand ExecuTorch's edge dialect turns into a tensor
 _SCALAR_OPERAND_OPS = frozenset({aten.add.Tensor, aten.sub.Tensor, aten.mul.Tensor, aten.div.Tensor})
 
@@ -336,7 +381,10 @@ class BatchNormToAffinePass(PassBase):
             if bn.op != "call_function" or bn.target != aten.batch_norm.default:
                 continue
             a = batch_norm_args(bn)
-            val = a.input.meta.get("val") if isinstance(a.input, Node) else None
+            # the batch norm's own value (its input's shape): a dequantize input may have none
+            val = bn.meta.get("val")
+            if not isinstance(val, torch.Tensor) and isinstance(a.input, Node):
+                val = a.input.meta.get("val")
             rank = val.dim() if isinstance(val, torch.Tensor) else None
             if a.training or rank not in (2, 3):
                 continue

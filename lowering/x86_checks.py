@@ -11,13 +11,16 @@ names the node and the specs that work instead.
 from __future__ import annotations
 
 import copy
+import traceback
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch.fx import GraphModule, Node
 
 from pt2e.errors import Pt2eError
-from pt2e.graph import describe_node, remove_dead_code
+from pt2e.graph import attr_value, describe_node, register_constant, remove_dead_code
 from pt2e.ops import CONV_OPS, LINEAR_OPS, is_dequantize, is_quantize
 
 from .contract import check_lowerable
@@ -28,6 +31,9 @@ __all__ = [
     "check_x86_lowerable",
     "unary_then_add",
     "avoid_unary_then_add",
+    "is_post_op_fusion_failure",
+    "int8_conv1d",
+    "conv1d_as_conv2d",
     "X86_ACTIVATION_DTYPES",
     "X86_WEIGHT_DTYPES",
 ]
@@ -120,7 +126,7 @@ _UNARY_POST_OPS = frozenset({
 _ADD_OPS = frozenset({aten.add.Tensor, aten.add_.Tensor})
 
 
-def unary_then_add(model: GraphModule) -> list[Node]:
+def unary_then_add(model: GraphModule, ops: frozenset[Any] = LINEAR_OPS) -> list[Node]:
     """Int8 linear nodes whose output goes through one unary post-op into an add.
 
     ``other + relu(linear(x))`` (or gelu) makes Inductor's int8 qlinear post-op
@@ -145,7 +151,7 @@ def unary_then_add(model: GraphModule) -> list[Node]:
     """
     found = []
     for node in model.graph.nodes:
-        if node.op != "call_function" or node.target not in LINEAR_OPS:
+        if node.op != "call_function" or node.target not in ops:
             continue
         if not node.args or not is_dequantize(node.args[0]) or len(node.users) != 1:
             continue
@@ -155,16 +161,20 @@ def unary_then_add(model: GraphModule) -> list[Node]:
     return found
 
 
-def avoid_unary_then_add(model: GraphModule, where: str) -> GraphModule:
-    """``model``, or a copy in which each :func:`unary_then_add` op reads float activations.
+def avoid_unary_then_add(model: GraphModule, where: str, ops: frozenset[Any] = LINEAR_OPS) -> GraphModule:
+    """``model``, or a copy in which each :func:`unary_then_add` op (of ``ops``) reads float
+    activations.
 
     Those ops then run in fp32 (the kernel report lists them as float) instead of
     crashing Inductor; a warning names them. The caller's model is not changed.
+    Convolutions in this shape usually compile, but not always (the fuzzer found
+    ``x = cat(conv_a(x), conv_b(x)); x + relu(conv(x))`` failing the same way), so
+    ``compile_x86`` applies this to ``CONV_OPS`` only after such a failure.
     """
-    if not unary_then_add(model):
+    if not unary_then_add(model, ops):
         return model
     model = copy.deepcopy(model)
-    nodes = unary_then_add(model)
+    nodes = unary_then_add(model, ops)
     for node in nodes:
         dq = node.args[0]
         source = dq.args[0] if isinstance(dq, Node) else None
@@ -173,11 +183,126 @@ def avoid_unary_then_add(model: GraphModule, where: str) -> GraphModule:
             node.replace_input_with(dq, source.args[0])
     remove_dead_code(model)
     names = ", ".join(describe_node(n) for n in nodes)
+    family = "linear" if ops == LINEAR_OPS else "conv"
     warnings.warn(
         f"{where}: {names} stay float: Inductor's int8 post-op fusion (torch "
-        f"{torch.__version__}) fails on a linear followed by a unary op (relu, gelu, ...) "
+        f"{torch.__version__}) fails on a {family} followed by a unary op (relu, gelu, ...) "
         "and an add, so these read fp32 activations; the rest of the model runs int8. "
-        "To run them int8, put the add before the activation (relu(x + linear(x)) fuses).",
+        f"To run them int8, put the add before the activation (relu(x + {family}(x)) fuses).",
         stacklevel=3,
     )
     return model
+
+
+def _int8_conv1d(node: Node) -> bool:
+    """A ``conv1d`` reading a dequantized activation and a dequantized constant weight."""
+    if node.op != "call_function" or node.target != aten.conv1d.default or len(node.args) < 2:
+        return False
+    act, weight = node.args[0], node.args[1]
+    return (isinstance(act, Node) and is_dequantize(act) and isinstance(act.args[0], Node)
+            and isinstance(weight, Node) and is_dequantize(weight)
+            and isinstance(weight.args[0], Node) and weight.args[0].op == "get_attr")
+
+
+def _other_than(keep: Node) -> Callable[[Node], bool]:
+    return lambda node: node is not keep
+
+
+def int8_conv1d(model: GraphModule) -> list[Node]:
+    """The int8 ``conv1d`` nodes :func:`conv1d_as_conv2d` rewrites."""
+    return [n for n in model.graph.nodes if _int8_conv1d(n)]
+
+
+def conv1d_as_conv2d(model: GraphModule) -> GraphModule:
+    """``model``, or a copy in which every int8 ``conv1d`` is an int8 ``conv2d`` of height 1.
+
+    Inductor's int8 ``conv1d`` path (torch 2.13) fails or miscompiles where its
+    ``conv2d`` path works (both found by the fuzzer, tests/fuzz): oneDNN's
+    pointwise qconv1d has no hardswish, SiLU or hardtanh/ReLU6 post-op
+    (``RuntimeError: Unsupported post op hardswish for quantized pointwise conv1d``),
+    takes no residual add (``x + conv1d(x)`` then an activation), and two int8
+    conv1d reading one input with different padding compile to the same padding.
+    So each becomes ``squeeze(conv2d(unsqueeze(x), unsqueeze(w)))``: the unsqueeze
+    is on the uint8 activation and the int8 weight (a new constant), so Inductor
+    still sees ``dequantize -> conv2d`` and runs its int8 kernel, and the squeeze
+    follows the conv's fusable tail (unary post-ops, then the output quantize), so
+    those still fuse. Numerics are unchanged; the caller's model is not.
+
+    >>> import torch
+    >>> qd = torch.ops.quantized_decomposed
+    >>> class Conv(torch.nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.register_buffer("w", torch.ones(2, 2, 3, dtype=torch.int8))
+    ...     def forward(self, x):
+    ...         q = qd.quantize_per_tensor.default(x, 0.01, 0, 0, 255, torch.uint8)
+    ...         x = qd.dequantize_per_tensor.default(q, 0.01, 0, 0, 255, torch.uint8)
+    ...         w = qd.dequantize_per_tensor.default(self.w, 0.1, 0, -128, 127, torch.int8)
+    ...         return torch.nn.functional.hardswish(torch.conv1d(x, w, padding=1))
+    >>> gm = torch.export.export(Conv(), (torch.rand(1, 2, 5),)).module()
+    >>> x = torch.rand(1, 2, 5)
+    >>> rewritten = conv1d_as_conv2d(gm)
+    >>> [n.target.__name__ for n in rewritten.graph.nodes if "conv" in str(n.target)]
+    ['conv2d.default']
+    >>> torch.equal(rewritten(x), gm(x))
+    True
+    """
+    if not int8_conv1d(model):
+        return model
+    model = copy.deepcopy(model)
+    graph = model.graph
+    weights: dict[str, str] = {}  # int8 weight attribute -> its 4-D copy (a reused conv shares it)
+    for conv in int8_conv1d(model):
+        act, weight = conv.args[0], conv.args[1]
+        assert isinstance(act, Node) and isinstance(weight, Node)
+        stored = weight.args[0]
+        assert isinstance(stored, Node) and isinstance(stored.target, str)
+        if stored.target not in weights:
+            value = attr_value(model, stored.target)
+            weights[stored.target] = register_constant(model, f"{stored.target.replace('.', '_')}_2d",
+                                                       value.unsqueeze(2))
+        assert callable(act.target) and callable(weight.target)
+        with graph.inserting_before(conv):
+            q_in = act.args[0]
+            act_2d = graph.call_function(act.target, (graph.call_function(aten.unsqueeze.default, (q_in, 2)),
+                                                      *act.args[1:]), dict(act.kwargs))
+            weight_2d = graph.call_function(weight.target, (graph.get_attr(weights[stored.target]),
+                                                            *weight.args[1:]), dict(weight.kwargs))
+        params = list(conv.args[2:]) + [None, [1], [0], [1], 1][len(conv.args) - 2:]
+        bias, stride, padding, dilation, groups = params
+
+        def _2d(v: Any, fill: int) -> list[int]:
+            return [fill, *(v if isinstance(v, (list, tuple)) else [v])]
+
+        conv.target = aten.conv2d.default
+        conv.args = (act_2d, weight_2d, bias, _2d(stride, 1), _2d(padding, 0), _2d(dilation, 1), groups)
+        # the tail Inductor fuses into the kernel stays 4-D: unary post-ops, then the quantize
+        end = conv
+        conv.meta.pop("val", None)
+        while len(end.users) == 1:
+            user = next(iter(end.users))
+            if user.args[0] is not end or not (user.target in _UNARY_POST_OPS or is_quantize(user)):
+                break
+            end = user
+            end.meta.pop("val", None)
+            if is_quantize(user):
+                break
+        with graph.inserting_after(end):
+            squeezed = graph.call_function(aten.squeeze.dim, (end, 2))
+        end.replace_all_uses_with(squeezed, delete_user_cb=_other_than(squeezed))
+    remove_dead_code(model)
+    return model
+
+
+
+def is_post_op_fusion_failure(error: BaseException) -> bool:
+    """Whether ``error`` is Inductor's int8 post-op fusion failing with a bare ``AssertionError``
+    (``fx_passes/quantization.py``; see :func:`avoid_unary_then_add`)."""
+    chain: list[BaseException] = []
+    e: BaseException | None = error
+    while e is not None and e not in chain:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    frames = [f for c in chain for f in traceback.extract_tb(c.__traceback__)]
+    return any(isinstance(c, AssertionError) for c in chain) and any(
+        f.filename.endswith("fx_passes/quantization.py") for f in frames)

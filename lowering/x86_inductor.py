@@ -59,7 +59,12 @@ from .contract import (
     check_int8,
     quiet_torch_lowering,
 )
-from .x86_checks import avoid_unary_then_add, check_x86_lowerable
+from .x86_checks import (
+    avoid_unary_then_add,
+    check_x86_lowerable,
+    conv1d_as_conv2d,
+    is_post_op_fusion_failure,
+)
 
 __all__ = [
     "lower_pt2e_quantized_to_x86",
@@ -327,13 +332,23 @@ def lower_pt2e_quantized_to_x86(
     >>> lowered(torch.randn(2, 4)).shape
     torch.Size([2, 4])
     """
-    from torch._inductor.constant_folding import constant_fold
-    from torch._inductor.fx_passes.freezing_patterns import freezing_passes
-
     check_affine_ops(model, "lower_pt2e_quantized_to_x86")
     check_x86_lowerable(model, "lower_pt2e_quantized_to_x86")
     _warn_if_saturating(model)
-    model = avoid_unary_then_add(model, "lower_pt2e_quantized_to_x86")
+    model = conv1d_as_conv2d(avoid_unary_then_add(model, "lower_pt2e_quantized_to_x86"))
+    try:
+        return _freeze_for_x86(model, example_inputs)
+    except Exception as e:  # Inductor's conv post-op fusion: retry with those convs fp32
+        fallback = avoid_unary_then_add(model, "lower_pt2e_quantized_to_x86", CONV_OPS)
+        if fallback is model or not is_post_op_fusion_failure(e):
+            raise
+        return _freeze_for_x86(fallback, example_inputs)
+
+
+def _freeze_for_x86(model: GraphModule, example_inputs: Sequence[Any]) -> GraphModule:
+    from torch._inductor.constant_folding import constant_fold
+    from torch._inductor.fx_passes.freezing_patterns import freezing_passes
+
     with torch.no_grad():
         lowered = (
             torch.export.export(model, tuple(example_inputs), strict=False)
@@ -534,6 +549,7 @@ class X86CompiledModel:
         self.model = model
         self.protect_inputs = protect_inputs
         self.mixed_bf16 = mixed_bf16
+        self._compile_kwargs = compile_kwargs
         with quiet_torch_lowering():  # the first torch.compile imports Inductor
             self._compiled = torch.compile(model, **compile_kwargs)
         self.code: list[str] = []
@@ -573,7 +589,18 @@ class X86CompiledModel:
             self.model.recompile()
         before = dict(counters["inductor"])
         with _captured_output_code() as code:
-            out = self._compiled(*args, **kwargs)
+            try:
+                out = self._compiled(*args, **kwargs)
+            except Exception as e:  # Inductor's conv post-op fusion: retry with those convs fp32
+                fallback = (avoid_unary_then_add(self.model, "compile_x86", CONV_OPS)
+                            if isinstance(self.model, GraphModule) else self.model)
+                if fallback is self.model or not is_post_op_fusion_failure(e):
+                    raise
+                self.model = fallback
+                with quiet_torch_lowering():
+                    self._compiled = torch.compile(fallback, **self._compile_kwargs)
+                code.clear()
+                out = self._compiled(*args, **kwargs)
         delta = {k: v - before.get(k, 0) for k, v in counters["inductor"].items()}
         self.code = list(code)
         self.kernels = kernel_report(code, delta)
@@ -628,7 +655,7 @@ def compile_x86(
     check_x86_lowerable(model, "compile_x86")
     _warn_if_saturating(model)
     if isinstance(model, GraphModule):
-        model = avoid_unary_then_add(model, "compile_x86")
+        model = conv1d_as_conv2d(avoid_unary_then_add(model, "compile_x86"))
     compiled = X86CompiledModel(model, protect_inputs=protect_inputs, mixed_bf16=mixed_bf16,
                                 **compile_kwargs)
     if example_inputs is not None:

@@ -30,7 +30,7 @@ from .quantizer.base import Quantizer
 from .reference_representation import rewrite_to_reference_representation
 from .sharing import SharingGroups, collect_qspecs, create_observers
 from .train_eval import disallow_exported_model_train_eval
-from .untie import untie_shared_bias
+from .untie import untie_shared_bias, untie_shared_conv1d_weight
 
 __all__ = ["prepare_pt2e", "prepare_qat_pt2e", "convert_pt2e"]
 
@@ -215,6 +215,7 @@ def convert_pt2e(
     if use_reference_representation:
         rewrite_to_reference_representation(model)
     untie_shared_bias(model)  # a bias shared by two layers gets one int32 scale downstream
+    untie_shared_conv1d_weight(model)  # ExecuTorch's XNNPACK unsqueezes a conv1d weight in place
     remove_dead_code(model, recompile=False)
     drop_unused_attributes(model)
     model.graph.lint()

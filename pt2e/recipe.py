@@ -8,8 +8,10 @@ model, or the user's ``metric``):
 ==============  =============================================================================
 family          steps tried, in order
 ==============  =============================================================================
-transformer     SmoothQuant on linears (each ``alpha``, best kept); bias correction
-convnet         cross-layer equalization; SmoothQuant on convs and linears; bias correction
+transformer     SmoothQuant on linears (each ``alpha``, default 0.5 and 0.8, best kept);
+                bias correction
+convnet         cross-layer equalization; SmoothQuant on convs and linears (each ``alpha``,
+                default 0.5, 0.65 and 0.8); bias correction
 auto            ``transformer`` if the graph has a ``layer_norm``/``softmax``/attention op,
                 else ``convnet`` if it has a conv, else ``transformer``
 ==============  =============================================================================
@@ -29,7 +31,7 @@ report says what was applied and each step's score (see ``docs/algorithms.md``).
 >>> q = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config())
 >>> result = quantize_with_recipe(gm, q, data, family="convnet")
 >>> [s.name for s in result.report.steps]
-['default flow', 'cross-layer equalization', 'SmoothQuant (alpha 0.5)', 'SmoothQuant (alpha 0.8)', 'bias correction']
+['default flow', 'cross-layer equalization', 'SmoothQuant (alpha 0.5)', 'SmoothQuant (alpha 0.65)', 'SmoothQuant (alpha 0.8)', 'bias correction']
 >>> result.report.final >= result.report.baseline
 True
 """
@@ -61,6 +63,11 @@ from .smoothing import SmoothQuant
 __all__ = ["quantize_with_recipe", "RecipeReport", "RecipeResult", "RecipeStep", "FAMILIES"]
 
 FAMILIES = ("auto", "transformer", "convnet")
+
+# SmoothQuant strengths tried by default. Convnets also try 0.65: with 7-bit activations
+# (reduce_range on a CPU without VNNI) it beat 0.5 on one split of the benchmark's
+# MobileNetV3-style net (BENCHMARKS.md); the recipe keeps it only where it scores best.
+_DEFAULT_ALPHAS = {"transformer": (0.5, 0.8), "convnet": (0.5, 0.65, 0.8)}
 
 aten = torch.ops.aten
 _TRANSFORMER_OPS = frozenset({
@@ -137,7 +144,7 @@ def quantize_with_recipe(
     family: str = "auto",
     eval_data: Sequence[Any] | None = None,
     metric: Callable[[torch.nn.Module], float] | None = None,
-    alpha: float | Sequence[float] = (0.5, 0.8),
+    alpha: float | Sequence[float] | None = None,
 ) -> RecipeResult:
     """Quantize the exported float ``model`` with ``quantizer`` and the recipe of ``family``.
 
@@ -145,8 +152,8 @@ def quantize_with_recipe(
     batches (tuples of arguments, or tensors). The score is the output SQNR against the
     float model on ``eval_data``, or ``metric(model)`` (higher is better). ``alpha`` is
     SmoothQuant's migration strength, or several to try (each one calibration run; the
-    best is kept). ``model`` is not changed. Example: see the module
-    docstring.
+    best is kept); ``None`` tries the family's defaults (see the module docstring).
+    ``model`` is not changed. Example: see the module docstring.
     """
     if family not in FAMILIES:
         raise ArgumentValueError(f"quantize_with_recipe(family={family!r}): pass one of {FAMILIES}")
@@ -173,7 +180,10 @@ def quantize_with_recipe(
         run_batches(prepared, calibration)
         return convert_pt2e(prepared)
 
-    alphas = (alpha,) if isinstance(alpha, (int, float)) else tuple(alpha)
+    if alpha is None:
+        alphas: tuple[float, ...] = _DEFAULT_ALPHAS[chosen]
+    else:
+        alphas = (alpha,) if isinstance(alpha, (int, float)) else tuple(alpha)
     smooth: list[tuple[str, Callable[[], PassBase]]] = [
         (f"SmoothQuant (alpha {a:g})", lambda a=a: SmoothQuant(calibration, alpha=float(a),  # type: ignore[misc]
                                                                convs=chosen == "convnet"))

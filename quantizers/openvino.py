@@ -28,6 +28,13 @@ Activations use a histogram observer, weights a per-channel min/max observer
   inference when its query/key inputs are quantized (the reference quantizes them);
 * 4-bit weight-only is per output channel: ``group_size`` must be ``None`` (the
   quantize/dequantize op set the converted graph uses has no per-group op);
+* ``overflow_fix`` (the reference's NNCF option, same values and default
+  ``"first_layer_only"``) halves the weight range of the chosen layers to ``-63..63``:
+  OpenVINO's int8 kernels on CPUs without VNNI (AVX2, AVX-512 without VNNI) sum u8*s8
+  pairs in int16 and saturate with full-range weights (measured on an AVX2 EPYC: 24 dB
+  instead of 57 dB against the converted model). ``"enable"`` covers every conv/linear;
+  :mod:`lowering.backends` recommends it on such CPUs, and ``to_openvino`` warns there
+  about full-range weights;
 * bad arguments raise :mod:`pt2e.errors` subclasses; an ignored-scope entry that matches
   nothing raises :class:`~pt2e.errors.QuantizationConfigError` naming it.
 
@@ -53,6 +60,7 @@ import torch
 from torch.fx import GraphModule, Node
 
 from pt2e.errors import ArgumentTypeError, ArgumentValueError, QuantizationConfigError
+from pt2e.ops import CONV_TRANSPOSE_OPS, LINEAR_OPS
 from pt2e.quantizer import (
     QuantizationConfig,
     QuantizationSpec,
@@ -74,6 +82,8 @@ __all__ = [
     "OpenVINOQuantizer",
     "QuantizationMode",
     "get_openvino_quantization_config",
+    "half_range_weight",
+    "OVERFLOW_FIX_VALUES",
 ]
 
 aten = torch.ops.aten
@@ -96,6 +106,11 @@ WEIGHT_ONLY_MODES = frozenset({
     QuantizationMode.INT4WO_SYM, QuantizationMode.INT4WO_ASYM,
 })
 _INT4_MODES = frozenset({QuantizationMode.INT4WO_SYM, QuantizationMode.INT4WO_ASYM})
+_INT8_STATIC_MODES = frozenset({
+    QuantizationMode.INT8_SYM, QuantizationMode.INT8_MIXED, QuantizationMode.INT8_TRANSFORMER,
+})
+# what overflow_fix="enable" covers (NNCF's overflow-fix metatypes: convs, transposed convs, linear)
+_OVERFLOW_FIX_OPS = CONV_OPS | CONV_TRANSPOSE_OPS | LINEAR_OPS
 
 
 def _mode(mode: Any, where: str) -> QuantizationMode:
@@ -109,6 +124,37 @@ def _mode(mode: Any, where: str) -> QuantizationMode:
             f"{where}: mode={mode!r} is not an OpenVINO quantization mode; pass one of "
             f"QuantizationMode.{{{allowed}}} (or its value, e.g. 'int8_sym')"
         ) from None
+
+
+#: ``overflow_fix`` values (NNCF's ``OverflowFix``): the layers whose int8 weights use half the range
+OVERFLOW_FIX_VALUES = ("enable", "first_layer_only", "disable")
+#: the int8 weight range of a layer under the overflow fix (2 * 255 * 63 fits in int16)
+HALF_RANGE = (-63, 63)
+
+
+def _overflow_fix(value: Any, where: str, allowed: Sequence[str] = OVERFLOW_FIX_VALUES) -> str:
+    value = getattr(value, "value", value)  # NNCF's OverflowFix enum, or its value
+    if value not in allowed:
+        raise ArgumentValueError(
+            f"{where}: overflow_fix={value!r}; use one of {', '.join(map(repr, allowed))} "
+            "(NNCF's OverflowFix values)"
+        )
+    return str(value)
+
+
+def half_range_weight(spec: QuantizationSpec) -> QuantizationSpec:
+    """``spec`` with the overflow fix's weight range, ``-63..63`` (an 8-bit symmetric weight spec).
+
+    >>> half_range_weight(get_openvino_quantization_config().weight).quant_min
+    -63
+    """
+    return dataclasses.replace(spec, quant_min=HALF_RANGE[0], quant_max=HALF_RANGE[1])
+
+
+def _is_full_int8_weight(spec: Any) -> bool:
+    return (isinstance(spec, QuantizationSpec) and spec.dtype == torch.int8
+            and spec.qscheme in (torch.per_channel_symmetric, torch.per_tensor_symmetric)
+            and spec.quant_min == -127 and spec.quant_max == 127)
 
 
 def _weight_spec(*, bits: int, symmetric: bool) -> QuantizationSpec:
@@ -125,8 +171,13 @@ def _weight_spec(*, bits: int, symmetric: bool) -> QuantizationSpec:
     )
 
 
-def get_openvino_quantization_config(mode: Any = QuantizationMode.INT8_SYM) -> QuantizationConfig:
+def get_openvino_quantization_config(mode: Any = QuantizationMode.INT8_SYM, *,
+                                     overflow_fix: str = "disable") -> QuantizationConfig:
     """The global config of ``mode``: activation and weight specs (``None`` activations: weight-only).
+
+    ``overflow_fix="enable"`` gives every int8 weight the half range ``-63..63`` (for
+    CPUs without VNNI; see :class:`OpenVINOQuantizer`, whose ``"first_layer_only"``
+    depends on the graph and so is not a config).
 
     In ``INT8_SYM`` this is the *signed* activation spec; inputs known to be
     non-negative get its unsigned twin (:func:`quantizers.openvino_patterns.unsigned_spec`).
@@ -141,6 +192,12 @@ def get_openvino_quantization_config(mode: Any = QuantizationMode.INT8_SYM) -> Q
     (None, (0, 15))
     """
     mode = _mode(mode, "get_openvino_quantization_config")
+    fix = _overflow_fix(overflow_fix, "get_openvino_quantization_config", ("enable", "disable"))
+    if fix == "enable" and mode not in _INT8_STATIC_MODES:
+        raise ArgumentValueError(
+            f"get_openvino_quantization_config(mode={mode.name}, overflow_fix='enable'): the "
+            "overflow fix applies to the static int8 modes (INT8_SYM, INT8_MIXED, INT8_TRANSFORMER)"
+        )
     if mode in WEIGHT_ONLY_MODES:
         symmetric = mode in (QuantizationMode.INT8WO_SYM, QuantizationMode.INT4WO_SYM)
         bits = 4 if mode in _INT4_MODES else 8
@@ -152,7 +209,8 @@ def get_openvino_quantization_config(mode: Any = QuantizationMode.INT8_SYM) -> Q
     else:
         act = QuantizationSpec(dtype=torch.uint8, quant_min=0, quant_max=255,
                                qscheme=torch.per_tensor_affine, observer_or_fake_quant_ctr=observer)
-    return QuantizationConfig(act, act, _weight_spec(bits=8, symmetric=True), None, False)
+    weight = _weight_spec(bits=8, symmetric=True)
+    return QuantizationConfig(act, act, half_range_weight(weight) if fix == "enable" else weight, None, False)
 
 
 def _table(mode: QuantizationMode) -> PatternTable:
@@ -179,8 +237,20 @@ class OpenVINOQuantizer(TableQuantizer):
 
     ``mode`` is a :class:`QuantizationMode` (or the reference's enum, or its value);
     ``group_size`` applies to the 4-bit weight-only modes and must be ``None``
-    (per output channel). The reference's other keyword arguments are NNCF
-    algorithm options and are refused with a message.
+    (per output channel). ``overflow_fix`` is the reference's NNCF option
+    (``"enable"``, ``"first_layer_only"``, ``"disable"`` or NNCF's ``OverflowFix``;
+    ``None``: ``"first_layer_only"`` in the static int8 modes, as the reference):
+    the int8 weights of every conv/linear, or of the first convs reached from each
+    model input, use the half range ``-63..63`` so that CPUs without VNNI do not
+    saturate. The reference's other keyword arguments are NNCF algorithm options
+    and are refused with a message.
+
+    >>> m = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Conv2d(4, 4, 1)).eval()
+    >>> gm = torch.export.export(m, (torch.randn(1, 3, 8, 8),)).module()
+    >>> _ = OpenVINOQuantizer().annotate(gm)
+    >>> [get_annotation(n).input_qspec_map[n.args[1]].quant_min
+    ...  for n in gm.graph.nodes if n.target == torch.ops.aten.conv2d.default]
+    [-63, -127]
 
     >>> q = OpenVINOQuantizer(mode=QuantizationMode.INT8_TRANSFORMER)
     >>> q.mode, [p.name for p in q.patterns]
@@ -195,10 +265,20 @@ class OpenVINOQuantizer(TableQuantizer):
     float_reasons = {_SDPA: _SDPA_REASON}
 
     def __init__(
-        self, *, mode: Any = QuantizationMode.INT8_SYM, group_size: int | None = None, **kwargs: Any
+        self, *, mode: Any = QuantizationMode.INT8_SYM, group_size: int | None = None,
+        overflow_fix: Any = None, **kwargs: Any
     ) -> None:
         super().__init__()
         self.mode = _mode(mode, "OpenVINOQuantizer")
+        if overflow_fix is not None and self.mode not in _INT8_STATIC_MODES:
+            raise ArgumentValueError(
+                f"OpenVINOQuantizer(mode={self.mode.name}, overflow_fix={overflow_fix!r}): the "
+                "overflow fix applies to the static int8 modes (INT8_SYM, INT8_MIXED, "
+                "INT8_TRANSFORMER); drop it"
+            )
+        #: which layers get half-range int8 weights ("disable" in the weight-only modes)
+        self.overflow_fix = ("disable" if self.mode not in _INT8_STATIC_MODES
+                             else _overflow_fix(overflow_fix or "first_layer_only", "OpenVINOQuantizer"))
         if kwargs:
             raise ArgumentValueError(
                 f"OpenVINOQuantizer got unsupported keyword(s) {sorted(kwargs)}: those are NNCF "
@@ -346,6 +426,7 @@ class OpenVINOQuantizer(TableQuantizer):
         by_name = {n.name: n for n in model.graph.nodes}
         mark_annotated(by_name[name] for name in self._ignored_nodes)
         super().annotate(model)
+        self._apply_overflow_fix(model)
         # claimed only so this quantizer's patterns skip them: a later quantizer may take them
         for name in self._ignored_nodes:
             if not is_valid_annotation(get_annotation(by_name[name])):
@@ -356,6 +437,29 @@ class OpenVINOQuantizer(TableQuantizer):
             for op in self.unquantized_ops
         ]
         return model
+
+    def _apply_overflow_fix(self, model: GraphModule) -> None:
+        if self.overflow_fix == "disable":
+            return
+        if self.overflow_fix == "enable":
+            chosen = [n for n in model.graph.nodes if n.op == "call_function" and n.target in _OVERFLOW_FIX_OPS]
+        else:  # NNCF's rule: the first convs met walking forward from each model input
+            chosen, seen = [], set()
+            queue = [n for n in model.graph.nodes if n.op == "placeholder"]
+            while queue:
+                node = queue.pop(0)
+                for user in node.users:
+                    if user in seen:
+                        continue
+                    seen.add(user)
+                    if user.op == "call_function" and user.target in CONV_OPS and _full_weight(user):
+                        chosen.append(user)
+                    else:
+                        queue.append(user)
+        for node in chosen:
+            ann, weight = get_annotation(node), node.args[1]
+            if ann is not None and isinstance(weight, Node) and _full_weight(node):
+                ann.input_qspec_map[weight] = half_range_weight(ann.input_qspec_map[weight])
 
     def reasons(self) -> dict[frozenset[Any], str]:
         reasons = dict(self.float_reasons)
@@ -369,6 +473,14 @@ class OpenVINOQuantizer(TableQuantizer):
 
     def validate(self, model: GraphModule) -> None:
         """Nothing to check after annotation."""
+
+
+def _full_weight(node: Node) -> bool:
+    """Whether ``node``'s weight is annotated with a full-range 8-bit symmetric int8 spec."""
+    ann = get_annotation(node)
+    weight = node.args[1] if len(node.args) > 1 else None
+    return (ann is not None and isinstance(weight, Node)
+            and _is_full_int8_weight(ann.input_qspec_map.get(weight)))
 
 
 def _replace_reason(op: Any, reason: str) -> Any:

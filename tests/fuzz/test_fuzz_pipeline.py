@@ -25,7 +25,6 @@ from __future__ import annotations
 import io
 import os
 import time
-import traceback
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,7 +32,7 @@ from typing import Any
 
 import pytest
 import torch
-from hypothesis import HealthCheck, Phase, given, reject, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import UnsatisfiedAssumption
 from support.numerics import sqnr
 
@@ -78,7 +77,7 @@ def _logged(test: str, backend: str, spec: ModelSpec) -> Iterator[None]:
         yield
         outcome = "ok"
     except UnsatisfiedAssumption:
-        outcome = "rejected"  # a known bug (logged by the test)
+        outcome = "rejected"  # hypothesis rejected the example
         raise
     finally:
         if _LOG:
@@ -215,66 +214,17 @@ def _lower_and_check(backend: str, spec: ModelSpec) -> None:
                 assert sqnr(e, g) >= min_agreement_db(spec.depth), (sqnr(e, g), spec)
 
 
-def _known_bug(backend: str, error: BaseException) -> str | None:
-    """The name of a known, not yet fixed bug (kept as a strict xfail in REGRESSIONS) that
-    ``error`` is an instance of; the random search skips such examples instead of failing on
-    them again."""
-    if backend != "x86_inductor" or not isinstance(error, _STILL_FAILS_WITH):
-        return None
-    frames = traceback.extract_tb(error.__traceback__)
-    chain, e = [], error
-    while e is not None:
-        chain.append(e)
-        frames += traceback.extract_tb(e.__traceback__)
-        e = e.__cause__ or e.__context__
-    if any(isinstance(c, AssertionError) for c in chain) and any(
-            f.filename.endswith("fx_passes/quantization.py") and "post_op_fusion" in f.name
-            for f in frames):
-        return "x86-postop-assert"
-    if "Sizes of tensors must match" in str(error) and "aten.cat" in str(error):
-        return "x86-conv1d-padding"
-    return None
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 @settings(_SETTINGS)
 @given(spec=model_specs())
 def test_lowered_pipeline_properties(backend: str, spec: ModelSpec) -> None:
     with _logged("lowered", backend, spec):
-        try:
-            _lower_and_check(backend, spec)
-        except Exception as e:
-            bug = _known_bug(backend, e)
-            if bug is None:
-                raise
-            if _LOG:
-                with open(_LOG, "a") as f:
-                    f.write(f"known bug {bug}: {spec!r}\n")
-            reject()
+        _lower_and_check(backend, spec)
 
 
 # ---- every failure the fuzzer found, kept: (backend, spec, reason it still fails or None)
 
-_X86_CONV1D_CAT_CRASH = (
-    "Inductor miscompiles two int8 conv1d reading one input with different padding (k=1 and "
-    "k=3, padding=1): the k=1 conv gets padding 1, and the cat fails ('Sizes of tensors must "
-    "match'); float torch.compile is right. The fix belongs in lowering/x86_inductor.py"
-)
-_XNNPACK_DYNAMIC_RUNTIME = (
-    "a dynamic-batch XNNPACK program (relu, conv, avg pool, depthwise conv, mean, linear) fails "
-    "at run time ('Propagating input shapes failed'); undiagnosed, lowering/executorch.py"
-)
-_X86_CONV1D_HARDSWISH = (
-    "Inductor has no hardswish post-op for int8 conv1d: x + hardswish(conv1d(x)) fails with "
-    "'Unsupported post op hardswish for quantized pointwise conv1d' (found by make fuzz, "
-    "2026-12-02 02:42); the fix belongs in lowering/x86_checks.py (run such convs float)"
-)
-_XNNPACK_CONV1D_REUSE = (
-    "one conv1d applied twice fails in ExecuTorch's Conv1dUnsqueezePass inside to_executorch "
-    "(found by make fuzz, 2026-12-02 02:48); undiagnosed, lowering/executorch.py"
-)
-_STILL_FAILS_WITH = (RuntimeError, torch._dynamo.exc.BackendCompilerFailed, torch._inductor.exc.InductorError)
 REGRESSIONS: list[tuple[str, ModelSpec, str | None]] = [
     # a test input outside the calibrated range scored 17.9 dB: the harness now evaluates inside it
     ("xnnpack", ModelSpec(kind="vec", channels=8, size=1, steps=(("reuse",), ("act", "relu"), ("add", "gelu")),
@@ -284,8 +234,10 @@ REGRESSIONS: list[tuple[str, ModelSpec, str | None]] = [
     # (lowering.x86_checks.avoid_unary_then_add)
     ("x86_inductor", ModelSpec(kind="vec", channels=8, size=1, steps=(("add", "gelu"),), batch=3, seed=64405), None),
     ("x86_inductor", ModelSpec(kind="vec", channels=8, size=1, steps=(("add", "relu"),), batch=3, seed=1), None),
-    ("x86_inductor", ModelSpec(kind="seq1d", channels=4, size=4, steps=(("cat", 8),), batch=3, seed=4192),
-     _X86_CONV1D_CAT_CRASH),
+    # Inductor compiled two int8 conv1d reading one input with different padding (k=1, k=3 with
+    # padding 1) to the same padding, and the cat failed; float torch.compile was right:
+    # compile_x86 now runs int8 conv1d as conv2d of height 1 (lowering.x86_checks.conv1d_as_conv2d)
+    ("x86_inductor", ModelSpec(kind="seq1d", channels=4, size=4, steps=(("cat", 8),), batch=3, seed=4192), None),
     # per-tensor int8 XNNPACK weights on x + hardswish(conv1x1(x)) scored 25.6 dB against a
     # threshold of 28: the thresholds were too strict for per-tensor weights (now 22 - 1.5 * depth)
     ("xnnpack", ModelSpec(kind="img", channels=3, size=8, steps=(("add", "hardswish"), ("gap",)),
@@ -294,24 +246,42 @@ REGRESSIONS: list[tuple[str, ModelSpec, str | None]] = [
     # loaded ("Failed to create depthwise convolution node"): to_executorch now spells it x*s+t
     ("xnnpack", ModelSpec(kind="seq1d", channels=4, size=4, steps=(("pool", "max"), ("dead",), ("bn",),
                           ("add", "hardswish"), ("dead",), ("gap",)), batch=3, seed=1503), None),
-    # found by make fuzz at 01:59 UTC, not yet diagnosed: the dynamic-batch .pte fails in
-    # XNNPACK's runtime ("Propagating input shapes failed", xnn_status_invalid_parameter)
+    # found by make fuzz (2026-12-02 01:59): the .pte failed in XNNPACK's runtime ("Propagating
+    # input shapes failed", static shapes too; torchao's flow the same) when one dequantize fed
+    # both a graph output and an avg pool: to_executorch gives the output its own dequantize
+    # (lowering.executorch_checks.OutputDequantizePass)
     ("xnnpack", ModelSpec(kind="img", channels=4, size=8, steps=(("dead",), ("act", "relu"), ("conv", 4, 3, False),
                           ("pool", "avg"), ("conv", 12, 1, True), ("gap",), ("linear", 4, 1, False)),
-                          two_outputs=True, dynamic=True, batch=2, seed=36429), _XNNPACK_DYNAMIC_RUNTIME),
+                          two_outputs=True, dynamic=True, batch=2, seed=36429), None),
+    # found by make fuzz (02:42): oneDNN's int8 conv1d has no hardswish (nor SiLU, hardtanh) post-op
+    # and no residual add ("Unsupported post op hardswish for quantized pointwise conv1d"): fixed
+    # by running int8 conv1d as conv2d (lowering.x86_checks.conv1d_as_conv2d)
     ("x86_inductor", ModelSpec(kind="seq1d", channels=3, size=4, steps=(("add", "hardswish"), ("gap",)),
-                               batch=2, seed=0), _X86_CONV1D_HARDSWISH),
-    ("xnnpack", ModelSpec(kind="seq1d", channels=3, size=4, steps=(("reuse",), ("gap",)), batch=2, seed=0),
-     _XNNPACK_CONV1D_REUSE),
+                               batch=2, seed=0), None),
+    # found by make fuzz (02:48): ExecuTorch's Conv1dUnsqueezePass unsqueezes a conv1d weight in
+    # place, so a conv1d applied twice failed in to_edge_transform_and_lower: convert_pt2e now
+    # gives each use its own weight (pt2e.untie.untie_shared_conv1d_weight)
+    ("xnnpack", ModelSpec(kind="seq1d", channels=3, size=4, steps=(("reuse",), ("gap",)), batch=2, seed=0), None),
+    # found by make fuzz on an AVX2-only CPU (2026-12-02 12:34): x = cat(conv_a(x), conv_b(x));
+    # x + relu(conv(x)) made Inductor's qconv post-op fusion fail with a bare AssertionError
+    # (x + relu(conv(x)) alone compiles): compile_x86 retries with such convs fp32, and warns
+    ("x86_inductor", ModelSpec(kind="img", channels=3, size=4, steps=(("cat", 4), ("add", "relu")),
+                               two_outputs=True, dynamic=True, batch=2, seed=0), None),
+    # found by make fuzz (12:43): a batch norm after a quantized conv1d (its input a dequantize,
+    # which has no shape in its meta) was not spelled x*s+t, and XNNPACK failed ("Weight and
+    # Input should both be quantized"): BatchNormToAffinePass reads the batch norm's own shape
+    ("xnnpack", ModelSpec(kind="seq1d", channels=8, size=4, steps=(("bn",), ("conv", 4, 1, False), ("bn",),
+                          ("act", "hardswish"), ("gap",)), two_outputs=True, dynamic=True, batch=3, seed=2252),
+     None),
 ]
-# what each still-failing regression raises, where it is not one of _STILL_FAILS_WITH
-_RAISES: dict[str, type[BaseException]] = {_XNNPACK_CONV1D_REUSE: Exception}
+# what a still-failing regression (one kept with a reason: a strict xfail) raises
+_RAISES: dict[str, type[BaseException]] = {}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend, spec", [
     pytest.param(b, spec, id=f"{b}-{i}",
-                 marks=[pytest.mark.xfail(strict=True, reason=why, raises=_RAISES.get(why, _STILL_FAILS_WITH))]
+                 marks=[pytest.mark.xfail(strict=True, reason=why, raises=_RAISES.get(why, Exception))]
                  if why else [])
     for i, (b, spec, why) in enumerate(REGRESSIONS)
 ])

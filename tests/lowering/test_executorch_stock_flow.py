@@ -74,9 +74,10 @@ class MobileNetV3Style(nn.Module):
         return self.head(self.blocks(self.stem(x)))
 
 
-def _converted(model: nn.Module, shape: tuple[int, ...]) -> torch.fx.GraphModule:
+def _converted(model: nn.Module, shape: tuple[int, ...], dynamic_shapes: object = None) -> torch.fx.GraphModule:
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-    prepared = prepare_pt2e(torch.export.export(model, (torch.randn(*shape),)).module(), quantizer)
+    exported = torch.export.export(model, (torch.randn(*shape),), dynamic_shapes=dynamic_shapes)
+    prepared = prepare_pt2e(exported.module(), quantizer)
     for _ in range(8):
         prepared(torch.randn(*shape))
     return convert_pt2e(prepared)
@@ -116,3 +117,62 @@ def test_mobilenet_v3_style_graph_is_delegated_whole():
     assert report.count("convolution", precision="int8") == 14, report.summary()
     assert report.count("linear", precision="int8") == 2, report.summary()
     assert sqnr(model(x), program(x)) >= MIN_SQNR_DB
+
+
+class Conv1dTwice(nn.Module):
+    """One nn.Conv1d applied twice: one weight constant read by two convolutions."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(8, 8, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(torch.relu(self.conv(x)))
+
+
+@pytest.mark.slow
+def test_stock_executorch_flow_lowers_a_twice_applied_conv1d():
+    """ExecuTorch's XNNPACK Conv1dUnsqueezePass unsqueezes a conv1d weight in place; with the
+    weight shared, the second conv found it 4-D and to_edge_transform_and_lower failed (the
+    fuzzer found it). convert_pt2e now gives each use its own weight."""
+    import executorch.kernels.quantized  # noqa: F401
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    model = Conv1dTwice().eval()
+    converted = _converted(model, (2, 8, 16))
+    weights = [n.args[1].args[0].target for n in converted.graph.nodes
+               if n.target == torch.ops.aten.conv1d.default]
+    assert len(weights) == 2 and len(set(weights)) == 2, weights
+    x = torch.randn(2, 8, 16)
+    edge = to_edge_transform_and_lower(torch.export.export(converted, (x,)),
+                                       partitioner=[XnnpackPartitioner()])
+    out = ExecuTorchRunner(bytes(edge.to_executorch().buffer))(x)
+    assert sqnr(converted(x), out) >= MIN_SQNR_DB
+
+
+class PooledTap(nn.Module):
+    """``t = conv(x); return conv2(avg_pool(t)), t``: one dequantize of t feeds an output and a pool."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(4, 4, 3, padding=1), nn.Conv2d(4, 4, 1)
+
+    def forward(self, x):
+        t = self.c1(x)
+        return self.c2(nn.functional.avg_pool2d(t, 2)), t
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_to_executorch_runs_an_output_that_also_feeds_an_avg_pool(dynamic):
+    """XNNPACK's runtime failed on this graph ("Propagating input shapes failed", torchao's flow
+    too); to_executorch gives the output its own dequantize (OutputDequantizePass)."""
+    model = PooledTap().eval()
+    shapes = ({0: torch.export.Dim("batch", min=1, max=16)},) if dynamic else None
+    converted = _converted(model, (2, 4, 8, 8), shapes)
+    lowered = to_executorch(converted, (torch.randn(2, 4, 8, 8),), dynamic_shapes=shapes)
+    for n in (2, 3) if dynamic else (2,):
+        x = torch.randn(n, 4, 8, 8)
+        for want, got in zip(converted(x), lowered(x), strict=True):
+            assert sqnr(want, got) >= MIN_SQNR_DB

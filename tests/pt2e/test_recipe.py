@@ -63,6 +63,16 @@ def test_auto_picks_convnet_for_a_conv_model() -> None:
     assert report.final >= report.baseline
 
 
+def test_convnet_default_tries_three_alphas() -> None:
+    m = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+    data = _data((2, 3, 8, 8), n=2)
+    gm = torch.export.export(m, (data[0],)).module()
+    report = quantize_with_recipe(gm, _quantizer(), data, family="convnet").report
+    assert [s.name for s in report.steps if s.name.startswith("SmoothQuant")] == [
+        "SmoothQuant (alpha 0.5)", "SmoothQuant (alpha 0.65)", "SmoothQuant (alpha 0.8)"]
+    assert report.calibration_runs == 5          # default flow + equalization + one per alpha
+
+
 def test_unknown_family_is_a_clear_error() -> None:
     gm = torch.export.export(nn.Linear(2, 2), (torch.randn(1, 2),)).module()
     with pytest.raises(ArgumentValueError, match="family"):

@@ -54,11 +54,14 @@ def weighted(gm):
 @pytest.mark.parametrize("name", MODELS)
 def test_every_conv_linear_has_int8_per_channel_weights_and_quantized_input(name, mode):
     gm = annotated(name, mode)
+    convs = [n for n in weighted(gm) if n.target == aten.conv2d.default]
     for node in weighted(gm):
         qmap = get_annotation(node).input_qspec_map
         w = node.args[1]
         assert qmap[w].dtype == torch.int8 and qmap[w].qscheme == torch.per_channel_symmetric
-        assert (qmap[w].quant_min, qmap[w].quant_max) == (-127, 127)
+        # overflow_fix="first_layer_only" (the reference's default): the first conv is half range
+        first = bool(convs) and node is convs[0]
+        assert (qmap[w].quant_min, qmap[w].quant_max) == ((-63, 63) if first else (-127, 127))
         assert len(node.args) < 3 or node.args[2] not in qmap  # bias stays float
 
 
@@ -246,3 +249,52 @@ def test_ignored_scope_argument_errors():
 def test_mode_accepts_enum_value_and_string():
     assert OpenVINOQuantizer(mode="int8_mixed").mode is QuantizationMode.INT8_MIXED
     assert OpenVINOQuantizer().mode is QuantizationMode.INT8_SYM
+
+
+# --- overflow_fix (NNCF's option): half-range weights for CPUs without VNNI ------------------------
+
+class TwoInputs(torch.nn.Module):
+    """Input a: conv -> conv; input b: linear -> conv (NNCF's walk passes linears)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a1, self.a2 = torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Conv2d(4, 4, 1)
+        self.fc, self.b1 = torch.nn.Linear(8, 8), torch.nn.Conv2d(4, 4, 1)
+
+    def forward(self, a, b):
+        return self.a2(self.a1(a)), self.b1(self.fc(b))
+
+
+def _weight_ranges(gm) -> dict[str, tuple[int, int]]:
+    out = {}
+    for node in gm.graph.nodes:
+        if node.target in (aten.conv2d.default, aten.linear.default):
+            spec = get_annotation(node).input_qspec_map[node.args[1]]
+            out[node.name] = (spec.quant_min, spec.quant_max)
+    return out
+
+
+@pytest.mark.parametrize("fix, half", [
+    (None, {"conv2d", "conv2d_2"}),              # the reference's default: first convs per input
+    ("first_layer_only", {"conv2d", "conv2d_2"}),
+    ("enable", {"conv2d", "conv2d_1", "linear", "conv2d_2"}),
+    ("disable", set()),
+])
+def test_overflow_fix_halves_the_weight_range_of_the_chosen_layers(fix, half):
+    args = (torch.randn(1, 3, 8, 8), torch.randn(1, 4, 8, 8))
+    gm = torch.export.export(TwoInputs().eval(), args).module()
+    ranges = _weight_ranges(OpenVINOQuantizer(overflow_fix=fix).annotate(gm))
+    assert ranges == {n: (-63, 63) if n in half else (-127, 127) for n in ranges}
+
+
+def test_overflow_fix_in_the_config_and_bad_values():
+    from quantizers import get_openvino_quantization_config
+
+    cfg = get_openvino_quantization_config(overflow_fix="enable")
+    assert (cfg.weight.quant_min, cfg.weight.quant_max) == (-63, 63)
+    with pytest.raises(ArgumentValueError, match="overflow_fix='sometimes'"):
+        OpenVINOQuantizer(overflow_fix="sometimes")
+    with pytest.raises(ArgumentValueError, match="static int8 modes"):
+        OpenVINOQuantizer(mode="int8wo_sym", overflow_fix="enable")
+    with pytest.raises(ArgumentValueError, match="static int8 modes"):
+        get_openvino_quantization_config("int4wo_sym", overflow_fix="enable")
