@@ -27,6 +27,7 @@ from pt2e.errors import Pt2eError
 from pt2e.fold import drop_unused_attributes
 from pt2e.graph import attr_value, batch_norm_args, copy_meta, module_path, register_constant
 from pt2e.ops import (
+    BATCH_NORM_OPS,
     CHOOSE_QPARAMS_OPS,
     CONV_OPS,
     CONV_TRANSPOSE_OPS,
@@ -360,7 +361,8 @@ class BatchNormToAffinePass(PassBase):
     loads ("Failed to create depthwise convolution node"): the whole program cannot
     run. ``scale = weight / sqrt(running_var + eps)`` and ``shift = bias - running_mean *
     scale`` are constants, so the result equals the batch norm up to float rounding.
-    A 4-D batch norm (XNNPACK runs it) is left alone.
+    A 4-D batch norm (XNNPACK runs it) is left alone, unless it reads another batch
+    norm: ExecuTorch's ``DecomposeBatchNorm`` fails on that chain (``KeyError: 'val'``).
 
     >>> import torch
     >>> m = torch.nn.Sequential(torch.nn.MaxPool1d(2), torch.nn.BatchNorm1d(3)).eval()
@@ -386,7 +388,10 @@ class BatchNormToAffinePass(PassBase):
             if not isinstance(val, torch.Tensor) and isinstance(a.input, Node):
                 val = a.input.meta.get("val")
             rank = val.dim() if isinstance(val, torch.Tensor) else None
-            if a.training or rank not in (2, 3):
+            # a 4-D batch norm reading another batch norm fails ExecuTorch's DecomposeBatchNorm
+            # (KeyError 'val', float models too; found by the fuzzer): spelled x*s+t as well
+            after_bn = isinstance(a.input, Node) and a.input.target in BATCH_NORM_OPS
+            if a.training or rank not in (2, 3) and not (rank == 4 and after_bn):
                 continue
             consts = [None if n is None else _const(gm, n) for n in (a.weight, a.bias, a.running_mean, a.running_var)]
             weight, bias, mean, var = consts
