@@ -7,7 +7,10 @@ transformations fuse into int8 convolution / fully-connected / matmul kernels.
 It ignores a lone ``dequantize`` of an int8 constant, so weights that
 ``convert_pt2e`` folded (``fold_quantize=True``) are re-expanded here into
 ``float weight -> quantize -> dequantize`` with the same qparams (the same
-integers come back), on a copy: the caller's model is not changed.
+integers come back), on a copy: the caller's model is not changed. On the same
+copy, reductions are rewritten into a form the CPU plugin computes right
+(:func:`rewrite_reductions`: it computes some wrong when it fuses them with the
+ops after them).
 
 What ran is read from the compiled model's runtime graph (``get_runtime_model()``):
 one :class:`OpenVINOLayer` per convolution, fully-connected layer and matmul
@@ -51,6 +54,7 @@ __all__ = [
     "check_openvino_int8",
     "runtime_report",
     "expand_folded_weights",
+    "rewrite_reductions",
     "INFERENCE_PRECISIONS",
 ]
 
@@ -212,6 +216,80 @@ def expand_folded_weights(model: GraphModule) -> int:
     return expanded
 
 
+#: reductions OpenVINO's CPU plugin can fuse with a following per-channel multiply / add
+_REDUCTIONS = frozenset({torch.ops.aten.mean.dim, torch.ops.aten.sum.dim_IntList,
+                         torch.ops.aten.amax.default, torch.ops.aten.amin.default})
+
+
+def _fused_reduction(node: Node) -> tuple[Node, list[int], bool, int] | None:
+    """``(input, axes, keepdim, rank)`` of a reduction :func:`rewrite_reductions` rewrites, else None."""
+    if node.op != "call_function" or node.target not in _REDUCTIONS:
+        return None
+    src = node.args[0]
+    val = src.meta.get("val") if isinstance(src, Node) else None
+    if not isinstance(src, Node) or not isinstance(val, torch.Tensor) or val.dim() < 2:
+        return None
+    rank = val.dim()
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    if isinstance(dims, int):
+        dims = [dims]
+    if not isinstance(dims, (list, tuple)) or not dims or not all(isinstance(d, int) for d in dims):
+        return None
+    axes = sorted({d % rank for d in dims})
+    keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+    if not isinstance(keepdim, bool) or (keepdim and not (rank == 3 and 2 in axes)):
+        return None  # a kept-dim reduction is computed right, but over the last axis of 3-D
+    return src, axes, keepdim, rank
+
+
+def rewrite_reductions(model: GraphModule) -> int:
+    """Rewrite each mean / sum / amax / amin that OpenVINO's CPU plugin may compute wrong as
+    one it computes right, in place; returns how many were rewritten.
+
+    The plugin (2026.4, seen on an AVX2-only CPU) fuses a reduction with the ops after
+    it and computes some of the fused ops wrong (below 0 dB, float models too; cf.
+    openvinotoolkit/openvino#23616): ``x.mean(dim=2)`` of an ``(N, C, L)`` tensor
+    then a batch norm or a bias, ``x * (x.mean(-1, keepdim=True) + b)``, a global
+    average pool then a quantize then an add of another pooled tensor. Every case we
+    found is computed right when the reduction keeps its dims and a squeeze drops them,
+    and when a kept-dim reduction over the last axis of a 3-D tensor reduces its 4-D
+    view ``x.unsqueeze(-1)`` instead; so every reduction that drops dims, and every
+    such 3-D one, is rewritten that way. The values do not change in PyTorch.
+
+    >>> import torch
+    >>> class Head(torch.nn.Module):
+    ...     def forward(self, x):
+    ...         return x.mean(dim=2) * torch.tensor([1.0, 2.0]) + 1.0
+    >>> x = torch.randn(3, 2, 5)
+    >>> gm = torch.export.export(Head(), (x,)).module()
+    >>> before = gm(x)
+    >>> rewrite_reductions(gm), torch.allclose(gm(x), before)
+    (1, True)
+    """
+    graph = model.graph
+    rewritten = 0
+    for node in list(graph.nodes):
+        found = _fused_reduction(node)
+        if found is None:
+            continue
+        src, axes, keepdim, rank = found
+        if rank == 3 and 2 in axes:  # the 4-D view: (N, C, L) -> (N, C, L, 1)
+            with graph.inserting_before(node):
+                src = graph.call_function(torch.ops.aten.unsqueeze.default, (src, 3))
+            axes = [*axes, 3]
+        node.args = (src, axes, True, *node.args[3:])
+        node.kwargs = {k: v for k, v in node.kwargs.items() if k not in ("dim", "keepdim")}
+        drop = [3] if keepdim else axes
+        with graph.inserting_after(node):
+            squeezed = graph.call_function(torch.ops.aten.squeeze.dims, (node, drop))
+        node.replace_all_uses_with(squeezed, delete_user_cb=lambda user, s=squeezed: user is not s)
+        rewritten += 1
+    if rewritten:
+        graph.lint()
+        model.recompile()
+    return rewritten
+
+
 class OpenVINOModel:
     """A model compiled by OpenVINO: call it like the PyTorch model; ``report`` says what ran in int8.
 
@@ -349,9 +427,12 @@ def to_openvino(
         raise ArgumentValueError(f"to_openvino(num_threads={num_threads!r}): pass a positive int or None")
     import openvino as ov
 
-    if isinstance(model, GraphModule) and any(_is_folded_weight_dq(n) for n in model.graph.nodes):
-        model = copy.deepcopy(model)
+    if isinstance(model, GraphModule) and any(
+        _is_folded_weight_dq(n) or _fused_reduction(n) is not None for n in model.graph.nodes
+    ):
+        model = copy.deepcopy(model)  # the caller's model is not changed
         expand_folded_weights(model)
+        rewrite_reductions(model)
     args = tuple(example_inputs)
     try:
         exported = torch.export.export(model, args)

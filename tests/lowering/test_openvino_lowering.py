@@ -250,3 +250,47 @@ def test_full_range_weights_warn_on_a_cpu_without_vnni(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         to_openvino(gm, (x,))
+
+
+class _Conv1dHead(torch.nn.Module):
+    """Conv1d, then a reduction over the sequence, then per-channel ops: a batch norm after the
+    mean (the fuzzer's case), a bias after a sum and a max, and a gate ``x * (mean + b)``."""
+
+    def __init__(self, keepdim: bool) -> None:
+        super().__init__()
+        self.keepdim = keepdim
+        self.conv = torch.nn.Conv1d(4, 6, 3, padding=1)
+        self.bn = torch.nn.BatchNorm1d(6)
+        self.register_buffer("b", torch.linspace(-1.0, 1.0, 6))
+        with torch.no_grad():
+            self.bn.running_mean.uniform_(-0.5, 0.5)
+            self.bn.running_var.uniform_(0.5, 2.0)
+
+    def forward(self, x):
+        y = self.conv(x)
+        if self.keepdim:
+            return y * (y.mean(dim=-1, keepdim=True) + self.b[:, None])
+        return self.bn(y.mean(dim=2)) + y.sum(dim=2) * 0.1 + y.amax(dim=(2,)) + self.b
+
+
+@pytest.mark.parametrize("keepdim", [False, True])
+def test_reductions_before_per_channel_ops_are_right(keepdim):
+    # OpenVINO's CPU plugin fused mean/sum/amax of (N, C, L) over the last axis with the
+    # per-channel multiply/add after it and computed it wrong (below 0 dB on an AVX2 CPU,
+    # found by the fuzzer); to_openvino rewrites such reductions (rewrite_reductions)
+    import lowering.openvino as lo
+
+    torch.manual_seed(0)
+    model, x = _Conv1dHead(keepdim).eval(), torch.randn(3, 4, 5)
+    gm = torch.export.export(model, (x,)).module()
+    ov = to_openvino(gm, (x,))  # float: the fusion is OpenVINO's, not quantization's
+    assert sqnr(model(x), ov(x)) >= 60.0
+    assert lo.rewrite_reductions(gm) == (1 if keepdim else 3)
+    assert torch.allclose(gm(x), model(x), atol=1e-6)  # the rewrite keeps PyTorch's values
+
+    prepared = prepare_pt2e(torch.export.export(model, (x,)).module(), ov_quantizer())
+    prepared(x)
+    converted = convert_pt2e(prepared, fold_quantize=False)
+    qov = to_openvino(converted, (x,))
+    assert sqnr(converted(x), qov(x)) >= MIN_MATCH_DB
+    assert lo.rewrite_reductions(converted) > 0  # to_openvino rewrote a copy
