@@ -216,7 +216,7 @@ def expand_folded_weights(model: GraphModule) -> int:
     return expanded
 
 
-#: reductions OpenVINO's CPU plugin can fuse with a following per-channel multiply / add
+#: reductions OpenVINO's CPU plugin fuses with the ops after them (see rewrite_reductions)
 _REDUCTIONS = frozenset({torch.ops.aten.mean.dim, torch.ops.aten.sum.dim_IntList,
                          torch.ops.aten.amax.default, torch.ops.aten.amin.default})
 
@@ -238,7 +238,7 @@ def _fused_reduction(node: Node) -> tuple[Node, list[int], bool, int] | None:
     axes = sorted({d % rank for d in dims})
     keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
     if not isinstance(keepdim, bool) or (keepdim and not (rank == 3 and 2 in axes)):
-        return None  # a kept-dim reduction is computed right, but over the last axis of 3-D
+        return None  # kept-dim reductions are left alone but over the last axis of 3-D (docs/openvino.md)
     return src, axes, keepdim, rank
 
 
