@@ -34,6 +34,9 @@ __all__ = [
     "is_post_op_fusion_failure",
     "int8_conv1d",
     "conv1d_as_conv2d",
+    "noncontiguous_dynamic_linear_inputs",
+    "contiguous_linear_inputs",
+    "rewrite_for_x86",
     "X86_ACTIVATION_DTYPES",
     "X86_WEIGHT_DTYPES",
 ]
@@ -294,6 +297,82 @@ def conv1d_as_conv2d(model: GraphModule) -> GraphModule:
     remove_dead_code(model)
     return model
 
+
+def _symbolic_noncontiguous(value: object) -> bool:
+    if not isinstance(value, torch.Tensor) or value.dim() < 3:
+        return False
+    if not any(isinstance(d, torch.SymInt) for d in value.shape):
+        return False
+    try:
+        return not bool(value.is_contiguous())
+    except Exception:  # a size the shape environment cannot decide: assume the worst
+        return True
+
+
+def noncontiguous_dynamic_linear_inputs(model: GraphModule) -> list[Node]:
+    """The quantize nodes feeding an int8 ``linear`` a non-contiguous 3-D+ activation with a
+    dynamic size (``meta["val"]`` of the quantized value)."""
+    found: list[Node] = []
+    for node in model.graph.nodes:
+        if node.op != "call_function" or node.target not in LINEAR_OPS or not node.args:
+            continue
+        dq = node.args[0]
+        q = dq.args[0] if isinstance(dq, Node) and is_dequantize(dq) and dq.args else None
+        if isinstance(q, Node) and is_quantize(q) and isinstance(q.args[0], Node) \
+                and _symbolic_noncontiguous(q.args[0].meta.get("val")) and q not in found:
+            found.append(q)
+    return found
+
+
+def contiguous_linear_inputs(model: GraphModule) -> GraphModule:
+    """``model``, or a copy in which every :func:`noncontiguous_dynamic_linear_inputs`
+    quantize reads a contiguous copy of its input.
+
+    A 3-D+ ``linear`` input that is not contiguous (attention's output after its
+    transpose, say) is lowered by AOT autograd to ``expand`` + ``bmm``; with a dynamic
+    batch size, the check of Inductor's int8 ``bmm`` pattern (torch 2.13,
+    ``fx_passes/quantization.py``) builds ``torch.Size`` from a symbolic size and dies
+    with ``TypeError: torch.Size() takes an iterable of 'int'`` (found by the fuzzer,
+    tests/fuzz). A contiguous input takes the ``addmm`` path, which handles dynamic
+    sizes. The copy is made before the quantize, so Inductor still sees
+    ``dequantize -> linear`` and runs its int8 kernel; numerics are unchanged, the
+    caller's model is not, and static shapes are left alone.
+
+    >>> import torch
+    >>> qd = torch.ops.quantized_decomposed
+    >>> class Transposed(torch.nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.fc = torch.nn.Linear(4, 2)
+    ...     def forward(self, x):
+    ...         q = qd.quantize_per_tensor.default(x.transpose(1, 2), 0.01, 0, 0, 255, torch.uint8)
+    ...         return self.fc(qd.dequantize_per_tensor.default(q, 0.01, 0, 0, 255, torch.uint8))
+    >>> x = torch.rand(2, 4, 3)
+    >>> gm = torch.export.export(Transposed(), (x,),
+    ...                          dynamic_shapes=({0: torch.export.Dim("batch")},)).module()
+    >>> rewritten = contiguous_linear_inputs(gm)
+    >>> [n.name for n in noncontiguous_dynamic_linear_inputs(gm)], torch.equal(rewritten(x), gm(x))
+    (['quantize_per_tensor'], True)
+    """
+    if not noncontiguous_dynamic_linear_inputs(model):
+        return model
+    model = copy.deepcopy(model)
+    for q in noncontiguous_dynamic_linear_inputs(model):
+        source = q.args[0]
+        with model.graph.inserting_before(q):
+            dense = model.graph.call_function(aten.clone.default, (source,),
+                                              {"memory_format": torch.contiguous_format})
+        q.replace_input_with(source, dense)  # type: ignore[arg-type]
+    model.graph.lint()
+    model.recompile()
+    return model
+
+
+def rewrite_for_x86(model: GraphModule, where: str) -> GraphModule:
+    """Every rewrite the x86 lowering makes before Inductor sees ``model`` (the caller's
+    model is not changed): :func:`avoid_unary_then_add`, :func:`conv1d_as_conv2d`,
+    :func:`contiguous_linear_inputs`."""
+    return contiguous_linear_inputs(conv1d_as_conv2d(avoid_unary_then_add(model, where)))
 
 
 def is_post_op_fusion_failure(error: BaseException) -> bool:

@@ -62,8 +62,8 @@ from .contract import (
 from .x86_checks import (
     avoid_unary_then_add,
     check_x86_lowerable,
-    conv1d_as_conv2d,
     is_post_op_fusion_failure,
+    rewrite_for_x86,
 )
 
 __all__ = [
@@ -335,7 +335,7 @@ def lower_pt2e_quantized_to_x86(
     check_affine_ops(model, "lower_pt2e_quantized_to_x86")
     check_x86_lowerable(model, "lower_pt2e_quantized_to_x86")
     _warn_if_saturating(model)
-    model = conv1d_as_conv2d(avoid_unary_then_add(model, "lower_pt2e_quantized_to_x86"))
+    model = rewrite_for_x86(model, "lower_pt2e_quantized_to_x86")
     try:
         return _freeze_for_x86(model, example_inputs)
     except Exception as e:  # Inductor's conv post-op fusion: retry with those convs fp32
@@ -655,7 +655,7 @@ def compile_x86(
     check_x86_lowerable(model, "compile_x86")
     _warn_if_saturating(model)
     if isinstance(model, GraphModule):
-        model = conv1d_as_conv2d(avoid_unary_then_add(model, "compile_x86"))
+        model = rewrite_for_x86(model, "compile_x86")
     compiled = X86CompiledModel(model, protect_inputs=protect_inputs, mixed_bf16=mixed_bf16,
                                 **compile_kwargs)
     if example_inputs is not None:
