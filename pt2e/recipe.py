@@ -8,10 +8,10 @@ model, or the user's ``metric``):
 ==============  =============================================================================
 family          steps tried, in order
 ==============  =============================================================================
-transformer     SmoothQuant on linears (each ``alpha``, default 0.5 and 0.8, best kept);
-                bias correction
-convnet         cross-layer equalization; SmoothQuant on convs and linears (each ``alpha``,
-                default 0.5, 0.65 and 0.8); bias correction
+transformer     activation range margin; SmoothQuant on linears (each ``alpha``, default
+                0.5 and 0.8, best kept); bias correction
+convnet         activation range margin; cross-layer equalization; SmoothQuant on convs
+                and linears (each ``alpha``, default 0.5, 0.65 and 0.8); bias correction
 auto            ``transformer`` if the graph has a ``layer_norm``/``softmax``/attention op,
                 else ``convnet`` if it has a conv, else ``transformer``
 ==============  =============================================================================
@@ -20,6 +20,15 @@ Every float step (:class:`~pt2e.smoothing.SmoothQuant`,
 :class:`~pt2e.equalization.CrossLayerEqualization`) costs one more calibration run;
 :class:`~pt2e.bias_correction.BiasCorrection` one pass over the calibration data. The
 report says what was applied and each step's score (see ``docs/algorithms.md``).
+
+With held-out data to judge by (``eval_data`` or a ``metric``), every model the recipe
+scores (the default flow and each step's alternative) is calibrated once and converted
+with each activation range margin (:class:`~pt2e.range_margin.ActivationRangeMargin`:
+every activation range widened by one factor, ``margins``) and as calibrated; the best
+counts. Smoothing changes which ranges are too narrow, so a margin chosen once for the
+default flow would not fit the smoothed model. On the calibration data itself the
+calibrated ranges always win, so without held-out data no margin is tried (the report
+says so).
 
 >>> import torch
 >>> from quantizers import X86InductorQuantizer, get_default_x86_inductor_quantization_config
@@ -31,7 +40,7 @@ report says what was applied and each step's score (see ``docs/algorithms.md``).
 >>> q = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config())
 >>> result = quantize_with_recipe(gm, q, data, family="convnet")
 >>> [s.name for s in result.report.steps]
-['default flow', 'cross-layer equalization', 'SmoothQuant (alpha 0.5)', 'SmoothQuant (alpha 0.65)', 'SmoothQuant (alpha 0.8)', 'bias correction']
+['default flow', 'activation range margin', 'cross-layer equalization', 'SmoothQuant (alpha 0.5)', 'SmoothQuant (alpha 0.65)', 'SmoothQuant (alpha 0.8)', 'bias correction']
 >>> result.report.final >= result.report.baseline
 True
 """
@@ -57,10 +66,11 @@ from .numeric_debugger import sqnr
 from .ops import CONV_OPS
 from .quantize_pt2e import convert_pt2e, prepare_pt2e
 from .quantizer.base import Quantizer
+from .range_margin import ActivationRangeMargin
 from .report import Report
 from .smoothing import SmoothQuant
 
-__all__ = ["quantize_with_recipe", "RecipeReport", "RecipeResult", "RecipeStep", "FAMILIES"]
+__all__ = ["quantize_with_recipe", "RecipeReport", "RecipeResult", "RecipeStep", "FAMILIES", "DEFAULT_MARGINS"]
 
 FAMILIES = ("auto", "transformer", "convnet")
 
@@ -68,6 +78,9 @@ FAMILIES = ("auto", "transformer", "convnet")
 # (reduce_range on a CPU without VNNI) it beat 0.5 on one split of the benchmark's
 # MobileNetV3-style net (BENCHMARKS.md); the recipe keeps it only where it scores best.
 _DEFAULT_ALPHAS = {"transformer": (0.5, 0.8), "convnet": (0.5, 0.65, 0.8)}
+# activation range margins tried with held-out data (BENCHMARKS.md: the benchmark's
+# convnets chose 1.2-1.5; wider ones help only after very few calibration images)
+DEFAULT_MARGINS = (1.1, 1.2, 1.3, 1.5, 2.0, 2.5)
 
 aten = torch.ops.aten
 _TRANSFORMER_OPS = frozenset({
@@ -87,6 +100,8 @@ class RecipeStep:
     detail: str = ""
 
     def __str__(self) -> str:
+        if math.isnan(self.score):
+            return f"{self.name}: not tried" + (f"; {self.detail}" if self.detail else "")
         mark = "applied" if self.applied else "skipped (no gain)"
         return f"{self.name}: {self.score:.4f} {mark}" + (f"; {self.detail}" if self.detail else "")
 
@@ -132,6 +147,17 @@ def _family(model: GraphModule) -> str:
     return "transformer"
 
 
+def _converted_with_margin(prepared: GraphModule, factor: float,
+                           score: Callable[[torch.nn.Module], float]) -> tuple[float, float, GraphModule]:
+    """Convert a copy of the calibrated ``prepared`` with its activation ranges widened by
+    ``factor`` (1: as calibrated); ``(score, factor, converted)``."""
+    candidate = copy.deepcopy(prepared)
+    if factor != 1.0:
+        ActivationRangeMargin(factor)(candidate)
+    q = convert_pt2e(candidate)
+    return score(q), factor, q
+
+
 def _flat(outputs: list[Any]) -> torch.Tensor:
     return torch.cat([t.reshape(-1).double() for t in tree_leaves(outputs) if isinstance(t, torch.Tensor)])
 
@@ -145,6 +171,7 @@ def quantize_with_recipe(
     eval_data: Sequence[Any] | None = None,
     metric: Callable[[torch.nn.Module], float] | None = None,
     alpha: float | Sequence[float] | None = None,
+    margins: Sequence[float] = DEFAULT_MARGINS,
 ) -> RecipeResult:
     """Quantize the exported float ``model`` with ``quantizer`` and the recipe of ``family``.
 
@@ -153,7 +180,8 @@ def quantize_with_recipe(
     float model on ``eval_data``, or ``metric(model)`` (higher is better). ``alpha`` is
     SmoothQuant's migration strength, or several to try (each one calibration run; the
     best is kept); ``None`` tries the family's defaults (see the module docstring).
-    ``model`` is not changed. Example: see the module docstring.
+    ``margins`` are the activation range margins tried with every scored model (``()``
+    tries none); they need ``eval_data`` distinct from the calibration data, or a ``metric``. ``model`` is not changed. Example: see the module docstring.
     """
     if family not in FAMILIES:
         raise ArgumentValueError(f"quantize_with_recipe(family={family!r}): pass one of {FAMILIES}")
@@ -174,11 +202,11 @@ def quantize_with_recipe(
             return float(metric(m))
         return float(sqnr(reference, _flat(run_batches(m, evaluation))))
 
-    def quantize(float_model: GraphModule) -> GraphModule:
+    def calibrated(float_model: GraphModule) -> GraphModule:
         runs[0] += 1
         prepared = prepare_pt2e(copy.deepcopy(float_model), quantizer)
         run_batches(prepared, calibration)
-        return convert_pt2e(prepared)
+        return prepared
 
     if alpha is None:
         alphas: tuple[float, ...] = _DEFAULT_ALPHAS[chosen]
@@ -193,22 +221,49 @@ def quantize_with_recipe(
     if chosen == "convnet":
         stages.insert(0, [("cross-layer equalization", CrossLayerEqualization)])
 
+    judged = bool(margins) and (eval_data is not None or metric is not None)
+    factors = (1.0, *margins) if judged else (1.0,)
+
+    def quantize_best(float_model: GraphModule) -> tuple[float, float, GraphModule, str]:
+        """Calibrate once; convert with each margin; the best (score, factor, model, scores)."""
+        prepared = calibrated(float_model)
+        tried = [_converted_with_margin(prepared, f, score) for f in factors]
+        top = max(tried, key=lambda t: t[0])
+        return top[0], top[1], top[2], ", ".join(f"x{f:g}: {s_:.2f}" for s_, f, _ in tried)
+
     best_float = copy.deepcopy(model)
-    best_q = quantize(best_float)
-    best = baseline = score(best_q)
+    prepared0 = calibrated(best_float)
+    best, _, best_q = _converted_with_margin(prepared0, 1.0, score)
+    baseline = best
     steps = [RecipeStep(name="default flow", applied=True, score=baseline)]
+    if judged:
+        tried0 = [_converted_with_margin(prepared0, f, score) for f in margins]
+        s0, f0, q0 = max(tried0, key=lambda t: t[0])
+        keep = s0 > best
+        steps.append(RecipeStep(name=f"activation range margin (x{f0:g})", applied=keep, score=s0,
+                                detail="tried " + ", ".join(f"x{f:g}: {s_:.2f}" for s_, f, _ in tried0)))
+        if keep:
+            best, best_q = s0, q0
+    else:
+        why = ("no margins given" if not margins else
+               "needs eval_data distinct from the calibration data, or a metric (on the "
+               "calibration data the calibrated ranges always win)")
+        steps.append(RecipeStep(name="activation range margin", applied=False, score=math.nan, detail=why))
     for stage in stages:
         tried = []
         for name, make in stage:
             candidate = copy.deepcopy(best_float)
             p = make()
             p(candidate)
-            q = quantize(candidate)
-            tried.append((score(q), name, candidate, q, len(getattr(p, "layers", ()))))
+            s_, f, q, scores = quantize_best(candidate)
+            detail = f"{len(getattr(p, 'layers', ()))} layer groups scaled"
+            if judged:
+                detail += f"; with margin x{f:g} (tried {scores})"
+            tried.append((s_, name, candidate, q, detail))
         top = max(tried, key=lambda t: t[0])
-        for s_, name, _, _, n in tried:
+        for s_, name, _, _, detail in tried:
             keep = name == top[1] and s_ > best
-            steps.append(RecipeStep(name=name, applied=keep, score=s_, detail=f"{n} layer groups scaled"))
+            steps.append(RecipeStep(name=name, applied=keep, score=s_, detail=detail))
         if top[0] > best:
             best, best_float, best_q = top[0], top[2], top[3]
     corrected = copy.deepcopy(best_q)

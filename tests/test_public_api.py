@@ -34,7 +34,8 @@ PUBLIC: dict[str, list[str]] = {
         "get_block_size",
         "find_sequential_partitions", "get_equivalent_types", "update_equivalent_types_dict",
         "reference_representation_rewrite",
-        "SmoothQuant", "BiasCorrection", "CrossLayerEqualization", "quantize_with_recipe",
+        "SmoothQuant", "BiasCorrection", "CrossLayerEqualization", "ActivationRangeMargin",
+        "quantize_with_recipe",
         "RecipeReport", "RecipeResult",
     ],
     "pt2e.errors": [

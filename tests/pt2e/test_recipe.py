@@ -59,7 +59,8 @@ def test_auto_picks_convnet_for_a_conv_model() -> None:
     report = quantize_with_recipe(gm, _quantizer(), data, alpha=0.5).report
     assert report.family == "convnet"
     assert [s.name for s in report.steps] == [
-        "default flow", "cross-layer equalization", "SmoothQuant (alpha 0.5)", "bias correction"]
+        "default flow", "activation range margin", "cross-layer equalization", "SmoothQuant (alpha 0.5)",
+        "bias correction"]
     assert report.final >= report.baseline
 
 
