@@ -32,6 +32,7 @@ __all__ = [
     "unary_then_add",
     "avoid_unary_then_add",
     "is_post_op_fusion_failure",
+    "retry_without_conv_post_ops",
     "int8_conv1d",
     "conv1d_as_conv2d",
     "noncontiguous_dynamic_linear_inputs",
@@ -386,3 +387,17 @@ def is_post_op_fusion_failure(error: BaseException) -> bool:
     frames = [f for c in chain for f in traceback.extract_tb(c.__traceback__)]
     return any(isinstance(c, AssertionError) for c in chain) and any(
         f.filename.endswith("fx_passes/quantization.py") for f in frames)
+
+
+def retry_without_conv_post_ops(model: object, error: BaseException, where: str) -> GraphModule | None:
+    """The model to compile again after ``error``, or ``None`` to re-raise it.
+
+    When ``error`` is Inductor's post-op fusion failure (:func:`is_post_op_fusion_failure`)
+    and ``model`` has convs in the unary-then-add shape, the answer is a copy with those
+    convs fp32 (:func:`avoid_unary_then_add`, which warns); otherwise ``None``. Both x86
+    lowerings (``compile_x86``, ``lower_pt2e_quantized_to_x86``) make this one decision.
+    """
+    if not isinstance(model, GraphModule) or not is_post_op_fusion_failure(error):
+        return None
+    fallback = avoid_unary_then_add(model, where, CONV_OPS)
+    return None if fallback is model else fallback

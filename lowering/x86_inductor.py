@@ -60,9 +60,8 @@ from .contract import (
     quiet_torch_lowering,
 )
 from .x86_checks import (
-    avoid_unary_then_add,
     check_x86_lowerable,
-    is_post_op_fusion_failure,
+    retry_without_conv_post_ops,
     rewrite_for_x86,
 )
 
@@ -339,8 +338,8 @@ def lower_pt2e_quantized_to_x86(
     try:
         return _freeze_for_x86(model, example_inputs)
     except Exception as e:  # Inductor's conv post-op fusion: retry with those convs fp32
-        fallback = avoid_unary_then_add(model, "lower_pt2e_quantized_to_x86", CONV_OPS)
-        if fallback is model or not is_post_op_fusion_failure(e):
+        fallback = retry_without_conv_post_ops(model, e, "lower_pt2e_quantized_to_x86")
+        if fallback is None:
             raise
         return _freeze_for_x86(fallback, example_inputs)
 
@@ -592,9 +591,8 @@ class X86CompiledModel:
             try:
                 out = self._compiled(*args, **kwargs)
             except Exception as e:  # Inductor's conv post-op fusion: retry with those convs fp32
-                fallback = (avoid_unary_then_add(self.model, "compile_x86", CONV_OPS)
-                            if isinstance(self.model, GraphModule) else self.model)
-                if fallback is self.model or not is_post_op_fusion_failure(e):
+                fallback = retry_without_conv_post_ops(self.model, e, "compile_x86")
+                if fallback is None:
                     raise
                 self.model = fallback
                 with quiet_torch_lowering():
