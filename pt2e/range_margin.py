@@ -135,7 +135,9 @@ class ActivationRangeMargin(PassBase):
             if fixed is None:
                 scale, zp = observer_qparams(obs, node)
                 s, z = float(scale.reshape(-1)[0]), int(zp.reshape(-1)[0])
-                qmin, qmax = int(obs.quant_min), int(obs.quant_max)
+                full = int_range(storage_dtype(obs.dtype)) or (0, 255)  # _widenable checked it
+                qmin = full[0] if getattr(obs, "quant_min", None) is None else int(obs.quant_min)
+                qmax = full[1] if getattr(obs, "quant_max", None) is None else int(obs.quant_max)
                 fixed = FixedQParamsObserver(scale=s * self.factor, zero_point=z, dtype=obs.dtype,
                                              qscheme=obs.qscheme, quant_min=qmin, quant_max=qmax)
                 replaced[id(obs)] = fixed
