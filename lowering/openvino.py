@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 from torch.fx import GraphModule, Node
+from torch.utils._pytree import tree_flatten, tree_leaves, tree_unflatten
 
 from pt2e.cpu import cpu_has_vnni, cpu_model
 from pt2e.errors import ArgumentTypeError, ArgumentValueError
@@ -55,6 +56,7 @@ __all__ = [
     "runtime_report",
     "expand_folded_weights",
     "rewrite_reductions",
+    "distinct_outputs",
     "INFERENCE_PRECISIONS",
 ]
 
@@ -290,6 +292,64 @@ def rewrite_reductions(model: GraphModule) -> int:
     return rewritten
 
 
+def _repeated_outputs(model: GraphModule) -> list[tuple[int, Node]]:
+    """``(position, node)`` of every graph output that repeats an earlier one."""
+    output = next((n for n in model.graph.nodes if n.op == "output"), None)
+    if output is None:
+        return []
+    seen: set[Node] = set()
+    found = []
+    for i, leaf in enumerate(tree_leaves(output.args[0])):
+        if isinstance(leaf, Node):
+            if leaf in seen:
+                found.append((i, leaf))
+            seen.add(leaf)
+    return found
+
+
+def distinct_outputs(model: GraphModule) -> int:
+    """Give every repeated graph output its own node, in place; returns how many were repeated.
+
+    OpenVINO's PyTorch frontend (2026.4) cannot convert a program that returns the same
+    tensor twice (``return y, y``; float models too): ``Tensor name is not a number:
+    relu:0``. A ``clone`` does not help (the frontend drops it), but any real op does, so
+    each repeat becomes an identity ``permute`` (it keeps dtype and shape, dynamic ones
+    too). Found by the fuzzer (tests/fuzz): a model whose second output was tapped where
+    a dead branch left the value unchanged. The values do not change in PyTorch.
+
+    >>> import torch
+    >>> class Twice(torch.nn.Module):
+    ...     def forward(self, x):
+    ...         y = torch.relu(x)
+    ...         return y, y
+    >>> gm = torch.export.export(Twice(), (torch.randn(2, 3),)).module()
+    >>> x = torch.randn(2, 3)
+    >>> before = gm(x)
+    >>> distinct_outputs(gm), [n.target.__name__ for n in gm.graph.nodes if n.op == "call_function"]
+    (1, ['relu.default', 'permute.default'])
+    >>> all(torch.equal(a, b) for a, b in zip(before, gm(x)))
+    True
+    """
+    repeats = _repeated_outputs(model)
+    if not repeats:
+        return 0
+    output = next(n for n in model.graph.nodes if n.op == "output")
+    leaves, spec = tree_flatten(output.args[0])
+    for i, node in repeats:
+        val = node.meta.get("val")
+        with model.graph.inserting_before(output):
+            if isinstance(val, torch.Tensor):
+                copy_node = model.graph.call_function(torch.ops.aten.permute.default, (node, list(range(val.dim()))))
+            else:  # no shape recorded: a multiply by 1 keeps a number's or a tensor's dtype
+                copy_node = model.graph.call_function(torch.ops.aten.mul.Tensor, (node, 1))
+        copy_meta(copy_node, node, value=True)
+        leaves[i] = copy_node
+    output.args = (tree_unflatten(leaves, spec),)
+    model.graph.lint()
+    model.recompile()
+    return len(repeats)
+
+
 class OpenVINOModel:
     """A model compiled by OpenVINO: call it like the PyTorch model; ``report`` says what ran in int8.
 
@@ -427,12 +487,13 @@ def to_openvino(
         raise ArgumentValueError(f"to_openvino(num_threads={num_threads!r}): pass a positive int or None")
     import openvino as ov
 
-    if isinstance(model, GraphModule) and any(
+    if isinstance(model, GraphModule) and (any(
         _is_folded_weight_dq(n) or _fused_reduction(n) is not None for n in model.graph.nodes
-    ):
+    ) or _repeated_outputs(model)):
         model = copy.deepcopy(model)  # the caller's model is not changed
         expand_folded_weights(model)
         rewrite_reductions(model)
+        distinct_outputs(model)
     args = tuple(example_inputs)
     try:
         exported = torch.export.export(model, args)

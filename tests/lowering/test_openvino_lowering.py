@@ -294,3 +294,38 @@ def test_reductions_before_per_channel_ops_are_right(keepdim):
     qov = to_openvino(converted, (x,))
     assert sqnr(converted(x), qov(x)) >= MIN_MATCH_DB
     assert lo.rewrite_reductions(converted) > 0  # to_openvino rewrote a copy
+
+
+class _SameTensorTwice(torch.nn.Module):
+    """Returns one tensor at several output positions (the fuzzer's tap after a dead branch)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(6, 6)
+
+    def forward(self, x):
+        y = torch.relu(self.fc(x))
+        return y, (y, x + 1.0), y
+
+
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic-batch"])
+def test_a_tensor_returned_twice_converts(dynamic):
+    # OpenVINO's frontend failed on `return y, y` ("Tensor name is not a number: relu:0",
+    # float models too; found by the fuzzer): to_openvino makes each repeat its own node
+    import lowering.openvino as lo
+
+    torch.manual_seed(0)
+    model, x = _SameTensorTwice().eval(), torch.randn(3, 6)
+    shapes = ({0: torch.export.Dim("batch")},) if dynamic else None
+    prepared = prepare_pt2e(torch.export.export(model, (x,), dynamic_shapes=shapes).module(),
+                            ov_quantizer())
+    prepared(x)
+    converted = convert_pt2e(prepared, fold_quantize=False)
+    ov = to_openvino(converted, (x,))
+    for batch in ((3, 5) if dynamic else (3,)):
+        xb = torch.randn(batch, 6)
+        expected, got = converted(xb), ov(xb)
+        assert torch.equal(got[0], got[2]) and got[0] is not got[2]
+        assert sqnr(expected[0], got[0]) >= MIN_MATCH_DB and torch.allclose(expected[1][1], got[1][1])
+    assert check_openvino_int8(converted, ov) == []
+    assert lo.distinct_outputs(converted) == 2  # the caller's graph still repeats y: a copy was rewritten
