@@ -97,6 +97,41 @@ def min_agreement_db(depth: int) -> float:
     return max(15.0, 35.0 - 1.5 * depth)
 
 
+# the steepest slope of each elementwise activation a graph output may be computed through
+_TAIL_SLOPE = {torch.ops.aten.relu.default: 1.0, torch.ops.aten.hardswish.default: 1.5,
+               torch.ops.aten.gelu.default: 1.13}
+
+
+def output_steps(converted: torch.fx.GraphModule) -> list[float | None]:
+    """Per graph output: one quantization step of the dequantize it is computed from through
+    elementwise activations only, times their steepest slopes (``None``: another op is between).
+
+    A backend that rounds one value of that last quantize the other way moves the output by
+    this much. On a small output (the fuzzer's 2 x 3 after a mean) that alone is below any
+    SQNR threshold: XNNPACK's quantized mean rounded one of three non-zero values up a step
+    (29 dB, closer to float than PyTorch's rounding; make fuzz 2026-12-07).
+    """
+    output = next(n for n in converted.graph.nodes if n.op == "output")
+    steps: list[float | None] = []
+    for leaf in torch.utils._pytree.tree_leaves(output.args[0]):
+        node, slope = leaf, 1.0
+        while isinstance(node, torch.fx.Node) and node.target in _TAIL_SLOPE:
+            slope *= _TAIL_SLOPE[node.target]
+            node = node.args[0]
+        per_tensor = isinstance(node, torch.fx.Node) and node.target in (
+            torch.ops.quantized_decomposed.dequantize_per_tensor.default,)
+        steps.append(slope * float(node.args[1]) if per_tensor and isinstance(node.args[1], float) else None)
+    return steps
+
+
+def agree(expected: torch.Tensor, got: torch.Tensor, depth: int, step: float | None) -> bool:
+    """Lowered ``got`` matches converted ``expected``: SQNR above :func:`min_agreement_db`, or
+    no value more than one output-side quantization ``step`` apart (see :func:`output_steps`)."""
+    if sqnr(expected, got) >= min_agreement_db(depth):
+        return True
+    return step is not None and float((expected - got).abs().max()) <= step * 1.001
+
+
 def _outputs(out: Any) -> tuple[torch.Tensor, ...]:
     return tuple(out) if isinstance(out, (tuple, list)) else (out,)
 
@@ -204,14 +239,15 @@ def _lower_and_check(backend: str, spec: ModelSpec) -> None:
         assert isinstance(problems, list) and all(isinstance(p, str) and p for p in problems)
         # a batch other than the export's is only promised where the lowering takes dynamic shapes
         xs = _eval_inputs(spec) if options or backend == "x86_inductor" else _eval_inputs(spec)[:1]
+        steps = output_steps(converted)
         for xe in xs:
             ref = _outputs(model(xe))
             expected = _outputs(converted(xe))
             got = _call_keeps_input(lowered, xe, f"the {backend} model")
-            for r, e, g in zip(ref, expected, got, strict=True):
+            for r, e, g, step in zip(ref, expected, got, steps, strict=True):
                 assert g.shape == e.shape, (g.shape, e.shape)
                 assert sqnr(r, g) >= min_sqnr_db(spec.depth), (sqnr(r, g), spec)
-                assert sqnr(e, g) >= min_agreement_db(spec.depth), (sqnr(e, g), spec)
+                assert agree(e, g, spec.depth, step), (sqnr(e, g), float((e - g).abs().max()), step, spec)
 
 
 @pytest.mark.slow
@@ -299,6 +335,13 @@ REGRESSIONS: list[tuple[str, ModelSpec, str | None]] = [
     # (lowering.openvino.distinct_outputs)
     ("openvino", ModelSpec(kind="vec", channels=3, size=1, steps=(("act", "relu"), ("dead",)),
                            two_outputs=True, batch=2, seed=0), None),
+    # found by make fuzz (2026-12-07 06:20), shrunk by hypothesis: not a lowering bug but the
+    # harness: XNNPACK's quantized mean rounded one of the 2 x 3 outputs a step the other way
+    # (29.2 dB from the converted model, 37.0 dB from float); agreement now allows one step of
+    # the output-side quantize (output_steps)
+    ("xnnpack", ModelSpec(kind="tok", channels=3, size=8, steps=(("add", "relu"), ("mul",), ("dead",),
+                          ("mean",), ("act", "relu"), ("act", "hardswish"), ("act", "relu")),
+                          batch=2, seed=0), None),
 ]
 # what a still-failing regression (one kept with a reason: a strict xfail) raises
 _RAISES: dict[str, type[BaseException]] = {}
@@ -324,3 +367,35 @@ def test_fuzzer_regression_identity_model_converts() -> None:
     b = get_backend("x86_inductor")
     model, converted, x = _quantize(spec, b.quantizer(**b.recommended_config_kwargs()), b.convert)
     _check_numerics(spec, model, converted, x)
+
+
+class _Tail(torch.nn.Module):
+    """dequantize -> hardswish -> relu as one output, dequantize -> linear as the other."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(3, 3)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        qd = torch.ops.quantized_decomposed
+        d = qd.dequantize_per_tensor.default(qd.quantize_per_tensor.default(x, 0.02, 0, -128, 127, torch.int8),
+                                             0.02, 0, -128, 127, torch.int8)
+        return torch.relu(torch.nn.functional.hardswish(d)), self.fc(d)
+
+
+def test_output_steps_follow_only_elementwise_activations() -> None:
+    gm = torch.export.export(_Tail(), (torch.randn(2, 3),)).module()
+    assert output_steps(gm) == [pytest.approx(1.5 * 0.02), None]
+
+
+@pytest.mark.parametrize("moved, step, ok", [
+    (0.029, 0.03, True),     # one value a step apart: a rounding difference
+    (0.031, 0.03, False),    # more than a step
+    (0.029, None, False),    # an op after the last quantize: only the SQNR threshold counts
+], ids=["within-a-step", "beyond-a-step", "no-step"])
+def test_agreement_allows_one_output_step_on_a_small_output(moved, step, ok) -> None:
+    expected = torch.tensor([[0.0, 0.0, 0.16], [0.0, 0.14, 0.06]])
+    got = expected.clone()
+    got[0, 2] += moved
+    assert sqnr(expected, got) < min_agreement_db(4)        # the threshold alone would fail it
+    assert agree(expected, got, 4, step) is ok
