@@ -43,7 +43,7 @@ from .executorch_checks import (
     BatchNormToAffinePass,
     DropUnusedConstantsPass,
     FloatScalarOperandsPass,
-    OutputDequantizePass,
+    SharedOutputPass,
     UntieSharedBiasPass,
     XnnpackLoweringError,
     check_xnnpack_graph,
@@ -271,15 +271,17 @@ def to_executorch(
     inputs = tuple(example_inputs)
     if isinstance(model, GraphModule):
         model = copy.deepcopy(model)
-        UntieSharedBiasPass()(model)
-        # convert_pt2e already unties both; these guards cover graphs converted elsewhere
-        untie_shared_conv1d_weight(model)
-        OutputDequantizePass()(model)
-        FloatScalarOperandsPass()(model)
-        BatchNormToAffinePass()(model)
-        DropUnusedConstantsPass()(model)
-        if check:
-            check_xnnpack_graph(model)
+    else:  # a float module: captured first, so that the same fix-ups apply to its graph
+        model = torch.export.export(model, inputs, dynamic_shapes=dynamic_shapes).module()
+    UntieSharedBiasPass()(model)
+    # convert_pt2e already unties both; these guards cover graphs converted elsewhere
+    untie_shared_conv1d_weight(model)
+    SharedOutputPass()(model)
+    FloatScalarOperandsPass()(model)
+    BatchNormToAffinePass()(model)
+    DropUnusedConstantsPass()(model)
+    if check:
+        check_xnnpack_graph(model)
 
     # registers the out-variants of quantize/dequantize that run outside the delegate
     import executorch.kernels.quantized  # noqa: F401

@@ -43,7 +43,7 @@ __all__ = [
     "XnnpackLoweringError",
     "check_xnnpack_graph",
     "UntieSharedBiasPass",
-    "OutputDequantizePass",
+    "SharedOutputPass",
     "DropUnusedConstantsPass",
     "FloatScalarOperandsPass",
     "BatchNormToAffinePass",
@@ -234,16 +234,29 @@ class DropUnusedConstantsPass(PassBase):
         return PassResult(graph_module, drop_unused_attributes(graph_module) > 0)
 
 
-class OutputDequantizePass(PassBase):
-    """Give each graph output that reads a dequantize shared with another op its own copy.
+# layout ops whose output ExecuTorch's edge dialect makes contiguous with a clone before a view
+_OUTPUT_LAYOUT_OPS = frozenset({aten.permute.default, aten.transpose.int, aten.t.default})
 
-    ``convert_pt2e`` (as torchao's) gives every annotated consumer of a shared
-    dequantize its own, but not the graph's output. XNNPACK's delegate then fails
-    at run time, static or dynamic shapes alike ("Propagating input shapes failed",
-    ``xnn_status_invalid_parameter``), on ``t = conv(x); return conv2(avg_pool(t)), t``
-    where one dequantize of ``t`` feeds both the output and the pooling (torchao's
-    XNNPACK flow fails the same way; found by the fuzzer, tests/fuzz). Numerics are
-    unchanged: the copy computes the same dequantize.
+
+class SharedOutputPass(PassBase):
+    """Give each graph output that reads a dequantize or a permute shared with other ops
+    its own copy of that node.
+
+    ExecuTorch's XNNPACK flow fails on two such graphs (both found by the fuzzer,
+    tests/fuzz; ExecuTorch's stock flow and torchao's fail the same way):
+
+    * a **dequantize** that feeds the graph output and another op:
+      ``convert_pt2e`` gives every annotated consumer of a shared dequantize its
+      own, but not the graph's output, and XNNPACK's runtime then fails, static or
+      dynamic shapes alike ("Propagating input shapes failed",
+      ``xnn_status_invalid_parameter``) on ``t = conv(x); return conv2(avg_pool(t)), t``;
+    * a **permute or transpose** that is a graph output and is also flattened or
+      reshaped, with a dynamic batch: the edge dialect makes it contiguous with a
+      clone, the delegate drops the clone and returns the permute twice, and
+      preprocess refuses it ("Output node 'aten_permute_copy_default' is already in
+      the inputs ... pass through arguments"), float models too.
+
+    Numerics are unchanged: the copy computes the same dequantize or view.
 
     >>> import torch
     >>> qd = torch.ops.quantized_decomposed
@@ -251,11 +264,14 @@ class OutputDequantizePass(PassBase):
     ...     def forward(self, x):
     ...         q = qd.quantize_per_tensor.default(x, 0.1, 0, -128, 127, torch.int8)
     ...         t = qd.dequantize_per_tensor.default(q, 0.1, 0, -128, 127, torch.int8)
-    ...         return torch.relu(t), t
-    >>> gm = torch.export.export(Shared(), (torch.randn(2),)).module()
-    >>> OutputDequantizePass()(gm).modified
+    ...         h = torch.relu(t).permute(1, 0)
+    ...         return t, h, h.flatten()
+    >>> gm = torch.export.export(Shared(), (torch.randn(2, 3),)).module()
+    >>> SharedOutputPass()(gm).modified
     True
     >>> sum(n.target == qd.dequantize_per_tensor.default for n in gm.graph.nodes)
+    2
+    >>> sum(n.target == torch.ops.aten.permute.default for n in gm.graph.nodes)
     2
     """
 
@@ -263,13 +279,13 @@ class OutputDequantizePass(PassBase):
         graph = graph_module.graph
         output = next(n for n in graph.nodes if n.op == "output")
         made = 0
-        for dq in list(output.all_input_nodes):
-            if not is_dequantize(dq) or len(dq.users) < 2:
+        for node in list(output.all_input_nodes):
+            if not (is_dequantize(node) or node.target in _OUTPUT_LAYOUT_OPS) or len(node.users) < 2:
                 continue
-            with graph.inserting_after(dq):
-                copy = graph.node_copy(dq)
-            copy_meta(copy, dq)
-            output.replace_input_with(dq, copy)
+            with graph.inserting_after(node):
+                copy = graph.node_copy(node)
+            copy_meta(copy, node)
+            output.replace_input_with(node, copy)
             made += 1
         if made:
             graph.lint()

@@ -263,9 +263,6 @@ def test_lowered_pipeline_properties(backend: str, spec: ModelSpec) -> None:
 
 #: still-failing regressions whose failure may depend on the CPU (an xfail, not a strict one)
 _NOT_STRICT: set[str] = set()
-_XNNPACK_PASS_THROUGH = ("XNNPACK delegate: a graph output that is also an input of the delegated "
-                         "partition (pass-through) is refused at preprocess; to_executorch needs "
-                         "to give that output its own copy")
 REGRESSIONS: list[tuple[str, ModelSpec, str | None]] = [
     # a test input outside the calibrated range scored 17.9 dB: the harness now evaluates inside it
     ("xnnpack", ModelSpec(kind="vec", channels=8, size=1, steps=(("reuse",), ("act", "relu"), ("add", "gelu")),
@@ -290,7 +287,7 @@ REGRESSIONS: list[tuple[str, ModelSpec, str | None]] = [
     # found by make fuzz (2026-12-02 01:59): the .pte failed in XNNPACK's runtime ("Propagating
     # input shapes failed", static shapes too; torchao's flow the same) when one dequantize fed
     # both a graph output and an avg pool: to_executorch gives the output its own dequantize
-    # (lowering.executorch_checks.OutputDequantizePass)
+    # (lowering.executorch_checks.SharedOutputPass)
     ("xnnpack", ModelSpec(kind="img", channels=4, size=8, steps=(("dead",), ("act", "relu"), ("conv", 4, 3, False),
                           ("pool", "avg"), ("conv", 12, 1, True), ("gap",), ("linear", 4, 1, False)),
                           two_outputs=True, dynamic=True, batch=2, seed=36429), None),
@@ -345,13 +342,14 @@ REGRESSIONS: list[tuple[str, ModelSpec, str | None]] = [
     ("xnnpack", ModelSpec(kind="tok", channels=3, size=8, steps=(("add", "relu"), ("mul",), ("dead",),
                           ("mean",), ("act", "relu"), ("act", "hardswish"), ("act", "relu")),
                           batch=2, seed=0), None),
-    # found by make fuzz (2026-12-07 07:07), shrunk by hypothesis; not fixed yet: the second output
-    # taps the permute that also feeds the delegated flatten/linear, and ExecuTorch's XNNPACK
-    # preprocess refuses it ("Output node 'aten_permute_copy_default' is already in the inputs
-    # ... pass through arguments")
+    # found by make fuzz (2026-12-07 07:07), shrunk by hypothesis: the second output taps a
+    # permute that is also flattened; with a dynamic batch ExecuTorch's XNNPACK preprocess refused
+    # it ("Output node 'aten_permute_copy_default' is already in the inputs ... pass through
+    # arguments", float models too): to_executorch gives the output its own permute
+    # (lowering.executorch_checks.SharedOutputPass)
     ("xnnpack", ModelSpec(kind="seq1d", channels=3, size=4, steps=(("bn",), ("bn",), ("to_tok",), ("dead",),
                           ("flatten",), ("linear", 8, 1, False)), two_outputs=True, dynamic=True,
-                          batch=2, seed=1), _XNNPACK_PASS_THROUGH),
+                          batch=2, seed=1), None),
 ]
 # what a still-failing regression (one kept with a reason: a strict xfail) raises
 _RAISES: dict[str, type[BaseException]] = {}

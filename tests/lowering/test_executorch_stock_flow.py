@@ -10,6 +10,7 @@ from support.numerics import sqnr
 from torch import nn
 
 from lowering import to_executorch
+from lowering.executorch_checks import SharedOutputPass
 from lowering.executorch_runtime import ExecuTorchRunner
 from pt2e import convert_pt2e, prepare_pt2e
 from quantizers import XNNPACKQuantizer, get_symmetric_quantization_config
@@ -167,7 +168,7 @@ class PooledTap(nn.Module):
 @pytest.mark.parametrize("dynamic", [False, True])
 def test_to_executorch_runs_an_output_that_also_feeds_an_avg_pool(dynamic):
     """XNNPACK's runtime failed on this graph ("Propagating input shapes failed", torchao's flow
-    too); to_executorch gives the output its own dequantize (OutputDequantizePass)."""
+    too); to_executorch gives the output its own dequantize (SharedOutputPass)."""
     model = PooledTap().eval()
     shapes = ({0: torch.export.Dim("batch", min=1, max=16)},) if dynamic else None
     converted = _converted(model, (2, 4, 8, 8), shapes)
@@ -176,3 +177,54 @@ def test_to_executorch_runs_an_output_that_also_feeds_an_avg_pool(dynamic):
         x = torch.randn(n, 4, 8, 8)
         for want, got in zip(converted(x), lowered(x), strict=True):
             assert sqnr(want, got) >= MIN_SQNR_DB
+
+
+class TappedPermute(nn.Module):
+    """``h = conv(x).permute(...); return h, linear(h.flatten(1))``: a graph output that is
+    also flattened (the edge dialect's clone before the view, then dropped in the delegate)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.fc = nn.Conv1d(3, 3, 1), nn.Linear(12, 8)
+
+    def forward(self, x):
+        h = self.conv(x).permute(0, 2, 1)
+        return self.fc(h.flatten(1)), h
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("quantized", [False, True])
+def test_to_executorch_runs_a_permute_output_that_is_also_flattened(quantized):
+    """With a dynamic batch, XNNPACK's preprocess refused this graph, float too ("Output node
+    'aten_permute_copy_default' is already in the inputs"); to_executorch gives the output its
+    own permute (SharedOutputPass) and the program runs at other batches."""
+    model = TappedPermute().eval()
+    shapes = ({0: torch.export.Dim("batch", min=1, max=16)},)
+    if quantized:
+        model = _converted(model, (2, 3, 4), shapes)
+    lowered = to_executorch(model, (torch.randn(2, 3, 4),), dynamic_shapes=shapes)
+    for n in (1, 2, 5):
+        x = torch.randn(n, 3, 4)
+        for want, got in zip(model(x), lowered(x), strict=True):
+            assert got.shape == want.shape
+            assert sqnr(want, got) >= MIN_SQNR_DB
+
+
+def test_shared_output_pass_copies_only_shared_dequantizes_and_permutes():
+    class M(nn.Module):
+        def forward(self, x):
+            p = x.permute(1, 0)  # a graph output with no other user: left alone
+            t = x.transpose(0, 1)
+            y = x * 2  # a shared output, but neither a dequantize nor a layout op: left alone
+            return p, t, t.flatten(), y, y + 1
+
+    gm = torch.export.export(M(), (torch.randn(2, 3),)).module()
+    x = torch.randn(2, 3)
+    before = gm(x)
+    assert SharedOutputPass()(gm).modified
+    ops = [n.target for n in gm.graph.nodes if n.op == "call_function"]
+    assert ops.count(torch.ops.aten.transpose.int) == 2
+    assert ops.count(torch.ops.aten.permute.default) == 1
+    assert ops.count(torch.ops.aten.mul.Tensor) == 1
+    assert all(torch.equal(a, b) for a, b in zip(before, gm(x), strict=True))
+    assert not SharedOutputPass()(gm).modified
