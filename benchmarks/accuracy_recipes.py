@@ -38,8 +38,8 @@ from pt2e.bias_correction import BiasCorrection
 from pt2e.cpu import cpu_model
 from pt2e.equalization import CrossLayerEqualization
 from pt2e.numeric_debugger import sqnr
-from pt2e.range_margin import ActivationRangeMargin
-from pt2e.recipe import DEFAULT_MARGINS, quantize_with_recipe
+from pt2e.range_margin import choose_margin
+from pt2e.recipe import quantize_with_recipe
 from pt2e.smoothing import SmoothQuant
 from quantizers import (
     X86InductorQuantizer,
@@ -195,14 +195,8 @@ def _margin_alone(gm: torch.fx.GraphModule, calib: list[Any], choose: Callable[[
     and the ``score`` of the model with it."""
     prepared = prepare_pt2e(copy.deepcopy(gm), x86_quantizer())
     run_batches(prepared, calib)
-    tried = []
-    for factor in (1.0, *DEFAULT_MARGINS):
-        p = copy.deepcopy(prepared)
-        ActivationRangeMargin(factor)(p)
-        q = convert_pt2e(p)
-        tried.append((choose(q), factor, q))
-    _, factor, q = max(tried, key=lambda t: t[0])
-    return factor, score(q)
+    choice = choose_margin(prepared, choose)
+    return choice.factor, score(choice.model)
 
 
 def contributions(gm: torch.fx.GraphModule, calib: list[Any], score: Callable[[torch.nn.Module], float],

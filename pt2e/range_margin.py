@@ -41,6 +41,9 @@ with enough calibration data the best factor is 1.
 
 from __future__ import annotations
 
+import copy
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,8 +59,13 @@ from .convert import observer_qparams
 from .errors import ArgumentTypeError, ArgumentValueError
 from .graph import describe_node
 from .prepare import observer_nodes
+from .quantize_pt2e import convert_pt2e
 
-__all__ = ["ActivationRangeMargin", "WidenedRange"]
+__all__ = ["ActivationRangeMargin", "WidenedRange", "MarginChoice", "choose_margin", "DEFAULT_MARGINS"]
+
+# factors choose_margin and quantize_with_recipe try besides 1 (BENCHMARKS.md: the
+# benchmark's convnets chose 1.2-1.5; wider ones help only after very few calibration images)
+DEFAULT_MARGINS = (1.1, 1.2, 1.3, 1.5, 2.0, 2.5)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -149,3 +157,71 @@ class ActivationRangeMargin(PassBase):
             graph_module.add_submodule(name, fixed)
         self.widened = tuple(done)
         return PassResult(graph_module, bool(done) and self.factor != 1.0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MarginChoice:
+    """What :func:`choose_margin` found: the best ``factor``, its ``score``, the ``model``
+    converted with it, and ``scores``, ``(factor, score)`` for every factor tried in order."""
+
+    factor: float
+    score: float
+    model: GraphModule
+    scores: tuple[tuple[float, float], ...]
+
+    def tried(self) -> str:
+        """The scores as text, e.g. ``"x1: 10.94, x1.2: 12.31"``."""
+        return ", ".join(f"x{f:g}: {s:.2f}" for f, s in self.scores)
+
+
+def choose_margin(prepared: GraphModule, score: Callable[[nn.Module], float],
+                  factors: Sequence[float] = (1.0, *DEFAULT_MARGINS)) -> MarginChoice:
+    """Convert copies of the calibrated ``prepared`` model with each activation range margin
+    in ``factors`` and keep the one ``score`` (higher is better) likes best.
+
+    ``score`` takes a converted model; make it measure held-out data, never the calibration
+    data (there the calibrated ranges always win). ``prepared`` is not changed; ties go to
+    the first factor, so list 1 first to prefer the ranges as calibrated.
+
+    >>> import torch
+    >>> from pt2e import prepare_pt2e
+    >>> from quantizers import X86InductorQuantizer, get_default_x86_inductor_quantization_config
+    >>> gm = torch.export.export(torch.nn.Linear(4, 4), (torch.randn(2, 4),)).module()
+    >>> prepared = prepare_pt2e(gm, X86InductorQuantizer().set_global(
+    ...     get_default_x86_inductor_quantization_config()))
+    >>> _ = prepared(torch.linspace(-1, 1, 8).reshape(2, 4))       # calibrated on [-1, 1]
+    >>> unseen = torch.linspace(-1.8, 1.8, 8).reshape(2, 4)         # held out: wider
+    >>> def score(q):
+    ...     return -float((q(unseen) - gm(unseen)).abs().max())
+    >>> choice = choose_margin(prepared, score, factors=(1.0, 2.0))
+    >>> choice.factor
+    2.0
+    """
+    factors = tuple(factors)
+    if not factors:
+        raise ArgumentValueError("choose_margin(factors=()): pass at least one factor, e.g. (1.0, 1.5)")
+    if not callable(score):
+        raise ArgumentTypeError(
+            f"choose_margin(score=...) takes a function of the converted model, got {type(score).__name__}")
+    for factor in factors:
+        ActivationRangeMargin(factor)  # checks every factor before any work
+    best_model = _converted_with_margin(prepared, factors[0])
+    scores = [(float(factors[0]), float(score(best_model)))]
+    best = 0
+    for factor in factors[1:]:
+        q = _converted_with_margin(prepared, factor)  # only the best one is kept in memory
+        scores.append((float(factor), float(score(q))))
+        if _rank(scores[-1][1]) > _rank(scores[best][1]):
+            best, best_model = len(scores) - 1, q
+    return MarginChoice(factor=scores[best][0], score=scores[best][1], model=best_model, scores=tuple(scores))
+
+
+def _rank(score: float) -> float:
+    return -math.inf if math.isnan(score) else score  # a NaN score never wins
+
+
+def _converted_with_margin(prepared: GraphModule, factor: float) -> GraphModule:
+    candidate = copy.deepcopy(prepared)
+    if factor != 1.0:
+        ActivationRangeMargin(factor)(candidate)
+    return convert_pt2e(candidate)

@@ -64,9 +64,9 @@ from .equalization import CrossLayerEqualization
 from .errors import ArgumentTypeError, ArgumentValueError
 from .numeric_debugger import sqnr
 from .ops import CONV_OPS
-from .quantize_pt2e import convert_pt2e, prepare_pt2e
+from .quantize_pt2e import prepare_pt2e
 from .quantizer.base import Quantizer
-from .range_margin import ActivationRangeMargin
+from .range_margin import DEFAULT_MARGINS, choose_margin
 from .report import Report
 from .smoothing import SmoothQuant
 
@@ -78,9 +78,6 @@ FAMILIES = ("auto", "transformer", "convnet")
 # (reduce_range on a CPU without VNNI) it beat 0.5 on one split of the benchmark's
 # MobileNetV3-style net (BENCHMARKS.md); the recipe keeps it only where it scores best.
 _DEFAULT_ALPHAS = {"transformer": (0.5, 0.8), "convnet": (0.5, 0.65, 0.8)}
-# activation range margins tried with held-out data (BENCHMARKS.md: the benchmark's
-# convnets chose 1.2-1.5; wider ones help only after very few calibration images)
-DEFAULT_MARGINS = (1.1, 1.2, 1.3, 1.5, 2.0, 2.5)
 
 aten = torch.ops.aten
 _TRANSFORMER_OPS = frozenset({
@@ -145,17 +142,6 @@ def _family(model: GraphModule) -> str:
     if targets & CONV_OPS:
         return "convnet"
     return "transformer"
-
-
-def _converted_with_margin(prepared: GraphModule, factor: float,
-                           score: Callable[[torch.nn.Module], float]) -> tuple[float, float, GraphModule]:
-    """Convert a copy of the calibrated ``prepared`` with its activation ranges widened by
-    ``factor`` (1: as calibrated); ``(score, factor, converted)``."""
-    candidate = copy.deepcopy(prepared)
-    if factor != 1.0:
-        ActivationRangeMargin(factor)(candidate)
-    q = convert_pt2e(candidate)
-    return score(q), factor, q
 
 
 def _flat(outputs: list[Any]) -> torch.Tensor:
@@ -224,26 +210,15 @@ def quantize_with_recipe(
     judged = bool(margins) and (eval_data is not None or metric is not None)
     factors = (1.0, *margins) if judged else (1.0,)
 
-    def quantize_best(float_model: GraphModule) -> tuple[float, float, GraphModule, str]:
-        """Calibrate once; convert with each margin; the best (score, factor, model, scores)."""
-        prepared = calibrated(float_model)
-        tried = [_converted_with_margin(prepared, f, score) for f in factors]
-        top = max(tried, key=lambda t: t[0])
-        return top[0], top[1], top[2], ", ".join(f"x{f:g}: {s_:.2f}" for s_, f, _ in tried)
-
     best_float = copy.deepcopy(model)
-    prepared0 = calibrated(best_float)
-    best, _, best_q = _converted_with_margin(prepared0, 1.0, score)
-    baseline = best
+    start = choose_margin(calibrated(best_float), score, factors)
+    baseline = start.scores[0][1]  # factor 1: the default flow
+    best, best_q = start.score, start.model
     steps = [RecipeStep(name="default flow", applied=True, score=baseline)]
     if judged:
-        tried0 = [_converted_with_margin(prepared0, f, score) for f in margins]
-        s0, f0, q0 = max(tried0, key=lambda t: t[0])
-        keep = s0 > best
-        steps.append(RecipeStep(name=f"activation range margin (x{f0:g})", applied=keep, score=s0,
-                                detail="tried " + ", ".join(f"x{f:g}: {s_:.2f}" for s_, f, _ in tried0)))
-        if keep:
-            best, best_q = s0, q0
+        f0, s0 = max(start.scores[1:], key=lambda fs: fs[1])
+        steps.append(RecipeStep(name=f"activation range margin (x{f0:g})", applied=start.factor != 1.0,
+                                score=s0, detail="tried " + start.tried()))
     else:
         why = ("no margins given" if not margins else
                "needs eval_data distinct from the calibration data, or a metric (on the "
@@ -255,11 +230,11 @@ def quantize_with_recipe(
             candidate = copy.deepcopy(best_float)
             p = make()
             p(candidate)
-            s_, f, q, scores = quantize_best(candidate)
+            choice = choose_margin(calibrated(candidate), score, factors)
             detail = f"{len(getattr(p, 'layers', ()))} layer groups scaled"
             if judged:
-                detail += f"; with margin x{f:g} (tried {scores})"
-            tried.append((s_, name, candidate, q, detail))
+                detail += f"; with margin x{choice.factor:g} (tried {choice.tried()})"
+            tried.append((choice.score, name, candidate, choice.model, detail))
         top = max(tried, key=lambda t: t[0])
         for s_, name, _, _, detail in tried:
             keep = name == top[1] and s_ > best

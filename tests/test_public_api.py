@@ -35,7 +35,7 @@ PUBLIC: dict[str, list[str]] = {
         "find_sequential_partitions", "get_equivalent_types", "update_equivalent_types_dict",
         "reference_representation_rewrite",
         "SmoothQuant", "BiasCorrection", "CrossLayerEqualization", "ActivationRangeMargin",
-        "quantize_with_recipe",
+        "choose_margin", "MarginChoice", "quantize_with_recipe",
         "RecipeReport", "RecipeResult",
     ],
     "pt2e.errors": [

@@ -13,6 +13,7 @@ from pt2e import (
     ActivationRangeMargin,
     ArgumentTypeError,
     ArgumentValueError,
+    choose_margin,
     convert_pt2e,
     prepare_pt2e,
     quantize_with_recipe,
@@ -130,6 +131,46 @@ def test_a_margin_helps_on_unseen_data_with_heavier_tails():
 def test_a_factor_below_one_or_not_a_number_is_a_clear_error(factor):
     with pytest.raises(ArgumentValueError, match="factor >= 1"):
         ActivationRangeMargin(factor)
+
+
+def test_choose_margin_scores_each_factor_and_keeps_the_best_converted_model():
+    prepared, _ = _calibrated()
+    kept = copy.deepcopy(prepared.state_dict())
+    unseen = torch.randn(8, 6) * 2.0  # wider than the calibration data
+    ref = copy.deepcopy(prepared)(unseen)  # observers pass values through: the float output
+
+    def score(q: torch.nn.Module) -> float:
+        return sqnr(ref, q(unseen))
+
+    choice = choose_margin(prepared, score, factors=(1.0, 1.5, 3.0))
+    by_hand = []
+    for f in (1.0, 1.5, 3.0):
+        p = copy.deepcopy(prepared)
+        ActivationRangeMargin(f)(p)
+        by_hand.append((f, score(convert_pt2e(p))))
+    assert choice.scores == tuple(by_hand)
+    assert (choice.factor, choice.score) == max(by_hand, key=lambda fs: fs[1])
+    assert choice.score == score(choice.model)
+    assert choice.tried().startswith("x1: ") and "x1.5: " in choice.tried()
+    assert all(torch.equal(v, kept[k]) for k, v in prepared.state_dict().items())  # not changed
+
+
+def test_choose_margin_keeps_the_first_of_equal_scores_and_never_a_nan():
+    prepared, _ = _calibrated()
+    assert choose_margin(prepared, lambda q: 1.0, factors=(1.0, 2.0)).factor == 1.0
+    scores = iter([float("nan"), 1.0, float("nan")])
+    choice = choose_margin(prepared, lambda q: next(scores), factors=(1.0, 2.0, 3.0))
+    assert (choice.factor, choice.score) == (2.0, 1.0)
+
+
+def test_choose_margin_refuses_bad_arguments_before_any_work():
+    prepared, _ = _calibrated()
+    with pytest.raises(ArgumentValueError, match="at least one factor"):
+        choose_margin(prepared, lambda q: 0.0, factors=())
+    with pytest.raises(ArgumentValueError, match="factor >= 1"):
+        choose_margin(prepared, lambda q: 0.0, factors=(1.0, 0.5))
+    with pytest.raises(ArgumentTypeError, match="function of the converted model"):
+        choose_margin(prepared, 3.0, factors=(1.0,))  # type: ignore[arg-type]
 
 
 def test_a_model_without_observers_is_refused():
