@@ -11,12 +11,15 @@ Models:
   statistics measured on real-looking images (sklearn's handwritten digits, 8x8,
   upsampled to 64x64 and tinted into 3 channels) by running the float model in
   train mode; metric output SQNR (dB) on 512 disjoint images (the recipe chooses its
-  steps on another 256: on 32-64 images the figure moves by 2-3 dB between splits).
+  steps on another 256: on 32-64 images the figure moves by 2-3 dB between splits);
+  with ``--train-epochs`` the same nets trained on the digits instead (top-1 accuracy
+  on the 512 images reported too).
 
 All linears/convs int8 with the X86 Inductor default config (eager q/dq graph).
 
     .venv/bin/python -m benchmarks.accuracy_recipes                 # every model
     .venv/bin/python -m benchmarks.accuracy_recipes --models convnets [--calib-images 32]
+    .venv/bin/python -m benchmarks.accuracy_recipes --models convnets --train-epochs 3 --images 900
     .venv/bin/python -m benchmarks.accuracy_recipes --models minilm --calib 16 --eval 16 --seq-len 32
 """
 
@@ -134,17 +137,53 @@ class EfficientNetStyle(nn.Module):
 def digit_images(n: int, seed: int = 0, size: int = 64) -> torch.Tensor:
     """``n`` sklearn digits (8x8 grey), upsampled to ``size`` and tinted into 3 channels,
     normalised to mean 0 / std 1 per channel (as an ImageNet pipeline does)."""
+    return _digits(n, seed, size)[0]
+
+
+def digit_labels(n: int, seed: int = 0) -> torch.Tensor:
+    """The classes (0-9) of ``digit_images(n, seed)``, in the same order."""
+    return _digits(n, seed, 8)[1]
+
+
+def _digits(n: int, seed: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     from sklearn.datasets import load_digits
 
     g = torch.Generator().manual_seed(seed)
-    digits = torch.tensor(load_digits().images, dtype=torch.float32) / 16.0
+    data = load_digits()
+    digits = torch.tensor(data.images, dtype=torch.float32) / 16.0
     idx = torch.randperm(len(digits), generator=g)[:n]
     img = nn.functional.interpolate(digits[idx].unsqueeze(1), size=(size, size), mode="bilinear",
                                     align_corners=False)
     tint = torch.rand(n, 3, 1, 1, generator=g) * 0.8 + 0.2
     back = torch.rand(n, 3, 1, 1, generator=g) * 0.3
     x = img * tint + back * (1 - img) + 0.02 * torch.randn(n, 3, size, size, generator=g)
-    return (x - x.mean((0, 2, 3), keepdim=True)) / x.std((0, 2, 3), keepdim=True)
+    x = (x - x.mean((0, 2, 3), keepdim=True)) / x.std((0, 2, 3), keepdim=True)
+    return x, torch.as_tensor(data.target)[idx]
+
+
+def train(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epochs: int, seed: int = 0) -> nn.Module:
+    """Train ``model`` to classify ``images`` (AdamW, one-cycle learning rate, batch 32);
+    its batch norms keep the running statistics of training, as a trained net's do."""
+    torch.manual_seed(seed)
+    batches = len(images) // 32
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=max(1, epochs * batches))
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(images))
+        for i in range(batches):
+            b = order[i * 32:(i + 1) * 32]
+            loss = nn.functional.cross_entropy(model(images[b]), labels[b])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+    return model.eval()
+
+
+def top1(model: nn.Module, batches: list[torch.Tensor], labels: torch.Tensor) -> float:
+    """Share of ``labels`` the ``model``'s largest logit names, over ``batches`` in order."""
+    return float((torch.cat(run_batches(model, batches)).argmax(1) == labels).float().mean())
 
 
 def convnet(kind: str, images: torch.Tensor, seed: int = 0, spread: float = 0.25) -> nn.Module:
@@ -232,12 +271,18 @@ def run_convnets(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(f"--images + --calib-images + --val-images + --eval-images = {sum(sizes)}: "
                          "sklearn's digits have 1797 images; ask for fewer")
     stats, calib_x, val_x, eval_x = digit_images(sum(sizes), seed=args.seed).split(sizes)
+    train_y, _, _, eval_y = digit_labels(sum(sizes), seed=args.seed).split(sizes)
     calib = list(calib_x.split(32))
     val = list(val_x.split(32))          # the recipe chooses its steps on these ...
     evaluation = list(eval_x.split(32))  # ... and is scored on these
     results: dict[str, Any] = {}
     for kind in ("mobilenetv3", "efficientnet"):
-        model = convnet(kind, stats, seed=args.seed)
+        if args.train_epochs:
+            torch.manual_seed(args.seed)
+            net = MobileNetV3Style() if kind == "mobilenetv3" else EfficientNetStyle()
+            model = train(net, stats, train_y, args.train_epochs, seed=args.seed)
+        else:
+            model = convnet(kind, stats, seed=args.seed)
         gm = torch.export.export(model, (calib[0],)).module()
         ref = torch.cat(run_batches(gm, evaluation))
         ref_val = torch.cat(run_batches(gm, val))
@@ -257,6 +302,10 @@ def run_convnets(args: argparse.Namespace) -> dict[str, Any]:
         row["recipe"] = score(recipe.model)
         row["recipe steps"] = [s.name for s in recipe.report.steps[1:] if s.applied]
         row["gain dB"] = row["recipe"] - row["default flow"]
+        if args.train_epochs:  # a task metric too: top-1 on the evaluation images
+            row["top-1 float"] = top1(gm, evaluation, eval_y)
+            row["top-1 default flow"] = top1(_quantize(gm, calib), evaluation, eval_y)
+            row["top-1 recipe"] = top1(recipe.model, evaluation, eval_y)
         row["seconds"] = round(time.perf_counter() - t0, 1)
         results[kind] = {k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}
         print(kind, json.dumps(results[kind]), flush=True)
@@ -304,7 +353,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         "default: the recipe's per family (convnet 0.5 0.65 0.8, transformer 0.5 0.8)")
     p.add_argument("--reduce-range", choices=["auto", "on", "off"], default="auto",
                    help="7-bit activations: auto reads the CPU (on without VNNI)")
-    p.add_argument("--images", type=int, default=256, help="images for the batch-norm statistics")
+    p.add_argument("--images", type=int, default=256,
+                   help="images for the batch-norm statistics (the training images with --train-epochs)")
+    p.add_argument("--train-epochs", type=int, default=0,
+                   help="convnets: train on --images for this many epochs instead of random weights "
+                        "(adds top-1 accuracy on the evaluation images)")
     p.add_argument("--seed", type=int, default=0, help="convnets: random weights and image split")
     p.add_argument("--calib-images", type=int, default=128)
     p.add_argument("--val-images", type=int, default=256,
