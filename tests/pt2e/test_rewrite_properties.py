@@ -215,6 +215,8 @@ def _last_output_scale(gm: torch.fx.GraphModule) -> float:
 @PROPERTY
 @given(fin=st.integers(2, 8), hidden=st.integers(1, 8), fout=st.integers(1, 6),
        batch=st.integers(1, 4), per_channel=st.booleans())
+# a narrow hidden layer on one sample may be all zeros after the relu: the warning is right
+@pytest.mark.filterwarnings("ignore:convert_pt2e.*degenerate range:UserWarning")
 def test_reference_representation_matches_qdq_graph(fin, hidden, fout, batch, per_channel):
     model = torch.nn.Sequential(torch.nn.Linear(fin, hidden), torch.nn.ReLU(),
                                 torch.nn.Linear(hidden, fout)).eval()

@@ -216,7 +216,7 @@ class BertLike(nn.Module):
 
     def forward(self, x):
         hidden = self.layer(self.emb(x))
-        self.unused = torch.tanh(self.pooler(hidden[:, 0]))  # noqa: F841 (dead in the graph)
+        pooled = torch.tanh(self.pooler(hidden[:, 0]))  # noqa: F841 (export keeps it, dead in the graph)
         return hidden
 
 
