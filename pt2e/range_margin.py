@@ -192,7 +192,8 @@ def choose_margin(prepared: GraphModule, score: Callable[[nn.Module], float],
     >>> _ = prepared(torch.linspace(-1, 1, 8).reshape(2, 4))       # calibrated on [-1, 1]
     >>> unseen = torch.linspace(-1.8, 1.8, 8).reshape(2, 4)         # held out: wider
     >>> def score(q):
-    ...     return -float((q(unseen) - gm(unseen)).abs().max())
+    ...     with torch.no_grad():
+    ...         return -float((q(unseen) - gm(unseen)).abs().max())
     >>> choice = choose_margin(prepared, score, factors=(1.0, 2.0))
     >>> choice.factor
     2.0
