@@ -24,6 +24,7 @@ from quantizers import X86InductorQuantizer, get_default_x86_inductor_quantizati
 
 def sqnr_db(reference: torch.Tensor, actual: torch.Tensor) -> float:
     """Signal-to-quantization-noise ratio: higher is closer (30 dB ~ 3% relative error)."""
+    reference, actual = reference.detach(), actual.detach()
     noise = (reference - actual).pow(2).mean()
     return float(10 * torch.log10(reference.pow(2).mean() / noise))
 
