@@ -134,25 +134,17 @@ class EfficientNetStyle(nn.Module):
         return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
 
 
-def digit_images(n: int, seed: int = 0, size: int = 64) -> torch.Tensor:
+def digits(n: int, seed: int = 0, size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` sklearn digits (8x8 grey), upsampled to ``size`` and tinted into 3 channels,
-    normalised to mean 0 / std 1 per channel (as an ImageNet pipeline does)."""
-    return _digits(n, seed, size)[0]
-
-
-def digit_labels(n: int, seed: int = 0) -> torch.Tensor:
-    """The classes (0-9) of ``digit_images(n, seed)``, in the same order."""
-    return _digits(n, seed, 8)[1]
-
-
-def _digits(n: int, seed: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    normalised to mean 0 / std 1 per channel (as an ImageNet pipeline does), and their
+    classes (0-9) in the same order."""
     from sklearn.datasets import load_digits
 
     g = torch.Generator().manual_seed(seed)
     data = load_digits()
-    digits = torch.tensor(data.images, dtype=torch.float32) / 16.0
-    idx = torch.randperm(len(digits), generator=g)[:n]
-    img = nn.functional.interpolate(digits[idx].unsqueeze(1), size=(size, size), mode="bilinear",
+    grey = torch.tensor(data.images, dtype=torch.float32) / 16.0
+    idx = torch.randperm(len(grey), generator=g)[:n]
+    img = nn.functional.interpolate(grey[idx].unsqueeze(1), size=(size, size), mode="bilinear",
                                     align_corners=False)
     tint = torch.rand(n, 3, 1, 1, generator=g) * 0.8 + 0.2
     back = torch.rand(n, 3, 1, 1, generator=g) * 0.3
@@ -186,6 +178,10 @@ def top1(model: nn.Module, batches: list[torch.Tensor], labels: torch.Tensor) ->
     return float((torch.cat(run_batches(model, batches)).argmax(1) == labels).float().mean())
 
 
+def _net(kind: str) -> nn.Module:
+    return MobileNetV3Style() if kind == "mobilenetv3" else EfficientNetStyle()
+
+
 def convnet(kind: str, images: torch.Tensor, seed: int = 0, spread: float = 0.25) -> nn.Module:
     """A ``kind`` ("mobilenetv3" / "efficientnet") with random weights and batch-norm
     running statistics measured on ``images`` (train-mode passes, cumulative average).
@@ -195,7 +191,7 @@ def convnet(kind: str, images: torch.Tensor, seed: int = 0, spread: float = 0.25
     ``gamma`` log-normal (``exp(N(0, spread))``), ``beta ~ N(0, spread / 2)``; the defaults
     (1, 0) would make every channel the same after normalisation."""
     torch.manual_seed(seed)
-    model = MobileNetV3Style() if kind == "mobilenetv3" else EfficientNetStyle()
+    model = _net(kind)
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
             m.momentum = None  # cumulative average over the passes
@@ -270,8 +266,9 @@ def run_convnets(args: argparse.Namespace) -> dict[str, Any]:
     if sum(sizes) > 1797:
         raise SystemExit(f"--images + --calib-images + --val-images + --eval-images = {sum(sizes)}: "
                          "sklearn's digits have 1797 images; ask for fewer")
-    stats, calib_x, val_x, eval_x = digit_images(sum(sizes), seed=args.seed).split(sizes)
-    train_y, _, _, eval_y = digit_labels(sum(sizes), seed=args.seed).split(sizes)
+    images, labels = digits(sum(sizes), seed=args.seed)
+    stats, calib_x, val_x, eval_x = images.split(sizes)
+    train_y, _, _, eval_y = labels.split(sizes)
     calib = list(calib_x.split(32))
     val = list(val_x.split(32))          # the recipe chooses its steps on these ...
     evaluation = list(eval_x.split(32))  # ... and is scored on these
@@ -279,8 +276,7 @@ def run_convnets(args: argparse.Namespace) -> dict[str, Any]:
     for kind in ("mobilenetv3", "efficientnet"):
         if args.train_epochs:
             torch.manual_seed(args.seed)
-            net = MobileNetV3Style() if kind == "mobilenetv3" else EfficientNetStyle()
-            model = train(net, stats, train_y, args.train_epochs, seed=args.seed)
+            model = train(_net(kind), stats, train_y, args.train_epochs, seed=args.seed)
         else:
             model = convnet(kind, stats, seed=args.seed)
         gm = torch.export.export(model, (calib[0],)).module()

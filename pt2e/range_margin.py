@@ -111,7 +111,7 @@ class ActivationRangeMargin(PassBase):
 
     def __init__(self, factor: float) -> None:
         super().__init__()
-        if not isinstance(factor, (int, float)) or not factor >= 1.0 or factor != factor or factor == float("inf"):
+        if not isinstance(factor, (int, float)) or not (math.isfinite(factor) and factor >= 1.0):
             raise ArgumentValueError(
                 f"ActivationRangeMargin(factor={factor!r}): pass a finite factor >= 1 (1.5 widens "
                 "every activation range by half)")

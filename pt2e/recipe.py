@@ -167,7 +167,8 @@ def quantize_with_recipe(
     SmoothQuant's migration strength, or several to try (each one calibration run; the
     best is kept); ``None`` tries the family's defaults (see the module docstring).
     ``margins`` are the activation range margins tried with every scored model (``()``
-    tries none); they need ``eval_data`` distinct from the calibration data, or a ``metric``. ``model`` is not changed. Example: see the module docstring.
+    tries none); they need ``eval_data`` distinct from the calibration data, or a
+    ``metric``. ``model`` is not changed. Example: see the module docstring.
     """
     if family not in FAMILIES:
         raise ArgumentValueError(f"quantize_with_recipe(family={family!r}): pass one of {FAMILIES}")
