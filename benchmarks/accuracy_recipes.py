@@ -1,5 +1,6 @@
-"""Accuracy of the post-training algorithms (SmoothQuant, cross-layer equalization, bias
-correction) and of the one-call recipe, each step's contribution shown separately.
+"""Accuracy of the post-training algorithms (SmoothQuant, cross-layer equalization, GPTQ
+weight rounding, bias correction) and of the one-call recipe, each step's contribution
+shown separately.
 
 Models:
 
@@ -40,6 +41,7 @@ from pt2e.accuracy import run_batches
 from pt2e.bias_correction import BiasCorrection
 from pt2e.cpu import cpu_model
 from pt2e.equalization import CrossLayerEqualization
+from pt2e.gptq import GPTQ
 from pt2e.numeric_debugger import sqnr
 from pt2e.range_margin import choose_margin
 from pt2e.recipe import quantize_with_recipe
@@ -255,9 +257,11 @@ def contributions(gm: torch.fx.GraphModule, calib: list[Any], score: Callable[[t
         factor, out["activation range margin"] = _margin_alone(gm, calib, choose, score)
         out["margin chosen"] = factor
         print("activation range margin", factor, out["activation range margin"], flush=True)
-    q = _quantize(gm, calib)
-    BiasCorrection(gm, calib)(q)
-    out["bias correction"] = score(q)
+    for name, make_pass in (("GPTQ weight rounding", GPTQ), ("bias correction", BiasCorrection)):
+        q = _quantize(gm, calib)
+        make_pass(gm, calib)(q)
+        out[name] = score(q)
+        print(name, out[name], flush=True)
     return out
 
 

@@ -152,6 +152,7 @@ __all__ += [
 # post-training algorithms (issue 15) and the one-call recipe: see docs/algorithms.md
 from .bias_correction import BiasCorrection  # noqa: E402
 from .equalization import CrossLayerEqualization  # noqa: E402
+from .gptq import GPTQ  # noqa: E402
 from .range_margin import ActivationRangeMargin, MarginChoice, choose_margin  # noqa: E402
 from .recipe import RecipeReport, RecipeResult, quantize_with_recipe  # noqa: E402
 from .smoothing import SmoothQuant  # noqa: E402
@@ -159,6 +160,7 @@ from .smoothing import SmoothQuant  # noqa: E402
 __all__ += [
     "SmoothQuant",
     "BiasCorrection",
+    "GPTQ",
     "CrossLayerEqualization",
     "ActivationRangeMargin",
     "choose_margin",

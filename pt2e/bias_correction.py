@@ -39,7 +39,6 @@ True
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -47,13 +46,11 @@ from typing import Any
 import torch
 from torch.fx import GraphModule, Interpreter, Node
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
-from torch.utils._pytree import tree_leaves
 
-from .batchnorm import fold_bn_into_preceding_op
 from .equalization import _drop_dead_constants, _replace_constant
-from .errors import ArgumentTypeError, ArgumentValueError
-from .graph import get_attr_value, module_path, register_constant, remove_dead_code
-from .ops import CONV_OPS, LINEAR_OPS, is_dequantize
+from .graph import get_attr_value, module_path, register_constant
+from .layerwise import batch_args, checked_inputs, float_twins, layers, run_in_lockstep
+from .ops import CONV_OPS, is_dequantize
 
 __all__ = ["BiasCorrection", "CorrectedLayer"]
 
@@ -68,10 +65,6 @@ class CorrectedLayer:
     max_relative_shift: float
 
 
-def _layers(gm: GraphModule) -> list[Node]:
-    return [n for n in gm.graph.nodes if n.op == "call_function" and n.target in CONV_OPS | LINEAR_OPS]
-
-
 def _axis(node: Node) -> int:
     return 1 if node.target in CONV_OPS else -1
 
@@ -79,10 +72,6 @@ def _axis(node: Node) -> int:
 def _moments(t: torch.Tensor, axis: int) -> tuple[torch.Tensor, torch.Tensor, int]:
     flat = t.detach().double().movedim(axis, 0).flatten(1)
     return flat.sum(1), (flat * flat).sum(1), flat.shape[1]
-
-
-def _args(batch: Any) -> list[Any]:
-    return tree_leaves(batch if isinstance(batch, tuple) else (batch,))
 
 
 class _Means(Interpreter):
@@ -101,10 +90,10 @@ class _Means(Interpreter):
 
 
 def _float_stats(ref: GraphModule, data: list[Any]) -> dict[Node, tuple[torch.Tensor, torch.Tensor]]:
-    rec = _Means(ref, set(_layers(ref)))
+    rec = _Means(ref, set(layers(ref)))
     with torch.no_grad():
         for batch in data:
-            rec.run(*_args(batch))
+            rec.run(*batch_args(batch))
     out = {}
     for n, (s, s2, k) in rec.sums.items():
         mean = s / k
@@ -131,66 +120,31 @@ class BiasCorrection(PassBase):
     def __init__(self, float_model: GraphModule, calibration_data: Sequence[Any], *,
                  min_relative_shift: float = 0.0) -> None:
         super().__init__()
-        if not isinstance(float_model, GraphModule):
-            raise ArgumentTypeError(
-                f"BiasCorrection expects the exported float model, got {type(float_model).__name__}; "
-                "pass torch.export.export(model, example_args).module()")
+        self.calibration_data = checked_inputs("BiasCorrection", float_model, calibration_data)
         self.float_model = float_model
-        self.calibration_data = list(calibration_data)
-        if not self.calibration_data:
-            raise ArgumentValueError("BiasCorrection got no calibration_data; pass a list of batches")
         self.min_relative_shift = min_relative_shift
         self.layers: tuple[CorrectedLayer, ...] = ()
 
     def call(self, graph_module: GraphModule) -> PassResult:
         """Measure the float means, then walk the quantized graph correcting layer by layer."""
-        ref = copy.deepcopy(self.float_model)
-        fold_bn_into_preceding_op(ref)
-        remove_dead_code(ref)  # as convert_pt2e does (an unused BERT pooler)
-        f_layers, q_layers = _layers(ref), _layers(graph_module)
-        if len(f_layers) != len(q_layers):
-            raise ArgumentValueError(
-                f"BiasCorrection: the float model has {len(f_layers)} conv/linear layers and the "
-                f"quantized model {len(q_layers)}; pass the float model the quantized one was "
-                "prepared from (after the same float passes, e.g. SmoothQuant)")
+        ref, twins = float_twins("BiasCorrection", self.float_model, graph_module)
         stats = _float_stats(ref, self.calibration_data)
-        targets = {q: f for q, f in zip(q_layers, f_layers) if _is_quantized(q) and f in stats}
-        done = self._correct(graph_module, {q: stats[f] for q, f in targets.items()})
+        targets = {q: stats[f] for q, f in twins.items() if _is_quantized(q) and f in stats}
+        done: list[CorrectedLayer] = []
+
+        def visit(n: Node, runs: list[Interpreter]) -> None:
+            if n in targets:
+                rec = self._correct_layer(graph_module, n, runs, *targets[n])
+                if rec is not None:
+                    done.append(rec)
+
+        run_in_lockstep(graph_module, self.calibration_data, visit)
         self.layers = tuple(done)
         if done:
             _drop_dead_constants(graph_module)
             graph_module.graph.lint()
             graph_module.recompile()
         return PassResult(graph_module, bool(done))
-
-    def _correct(self, gm: GraphModule, float_stats: dict[Node, tuple[torch.Tensor, torch.Tensor]]
-                 ) -> list[CorrectedLayer]:
-        nodes = list(gm.graph.nodes)
-        last_use: dict[Node, int] = {}
-        for i, n in enumerate(nodes):
-            for a in n.all_input_nodes:
-                last_use[a] = i
-        runs = []
-        for batch in self.calibration_data:
-            it = Interpreter(gm, garbage_collect_values=False)
-            it.args_iter = iter(_args(batch))
-            runs.append(it)
-        done: list[CorrectedLayer] = []
-        with torch.no_grad():
-            for i, n in enumerate(nodes):
-                if n.op == "output":
-                    break
-                for it in runs:
-                    it.env[n] = it.run_node(n)
-                if n in float_stats:
-                    rec = self._correct_layer(gm, n, runs, *float_stats[n])
-                    if rec is not None:
-                        done.append(rec)
-                for a in n.all_input_nodes:
-                    if last_use.get(a) == i:
-                        for it in runs:
-                            it.env.pop(a, None)
-        return done
 
     def _correct_layer(self, gm: GraphModule, n: Node, runs: list[Interpreter],
                        f_mean: torch.Tensor, f_std: torch.Tensor) -> CorrectedLayer | None:

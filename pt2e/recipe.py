@@ -9,16 +9,18 @@ model, or the user's ``metric``):
 family          steps tried, in order
 ==============  =============================================================================
 transformer     activation range margin; SmoothQuant on linears (each ``alpha``, default
-                0.5 and 0.8, best kept); bias correction
+                0.5 and 0.8, best kept); GPTQ weight rounding; bias correction
 convnet         activation range margin; cross-layer equalization; SmoothQuant on convs
-                and linears (each ``alpha``, default 0.5, 0.65 and 0.8); bias correction
+                and linears (each ``alpha``, default 0.5, 0.65 and 0.8); GPTQ weight
+                rounding; bias correction
 auto            ``transformer`` if the graph has a ``layer_norm``/``softmax``/attention op,
                 else ``convnet`` if it has a conv, else ``transformer``
 ==============  =============================================================================
 
 Every float step (:class:`~pt2e.smoothing.SmoothQuant`,
 :class:`~pt2e.equalization.CrossLayerEqualization`) costs one more calibration run;
-:class:`~pt2e.bias_correction.BiasCorrection` one pass over the calibration data. The
+:class:`~pt2e.gptq.GPTQ` and :class:`~pt2e.bias_correction.BiasCorrection` one pass
+each over the calibration data. The
 report says what was applied and each step's score (see ``docs/algorithms.md``).
 
 With held-out data to judge by (``eval_data`` or a ``metric``), every model the recipe
@@ -40,7 +42,7 @@ says so).
 >>> q = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config())
 >>> result = quantize_with_recipe(gm, q, data, family="convnet")
 >>> [s.name for s in result.report.steps]
-['default flow', 'activation range margin', 'cross-layer equalization', 'SmoothQuant (alpha 0.5)', 'SmoothQuant (alpha 0.65)', 'SmoothQuant (alpha 0.8)', 'bias correction']
+['default flow', 'activation range margin', 'cross-layer equalization', 'SmoothQuant (alpha 0.5)', 'SmoothQuant (alpha 0.65)', 'SmoothQuant (alpha 0.8)', 'GPTQ weight rounding', 'bias correction']
 >>> result.report.final >= result.report.baseline
 True
 """
@@ -62,6 +64,7 @@ from .accuracy import run_batches
 from .bias_correction import BiasCorrection
 from .equalization import CrossLayerEqualization
 from .errors import ArgumentTypeError, ArgumentValueError
+from .gptq import GPTQ
 from .numeric_debugger import sqnr
 from .ops import CONV_OPS
 from .quantize_pt2e import prepare_pt2e
@@ -242,6 +245,15 @@ def quantize_with_recipe(
             steps.append(RecipeStep(name=name, applied=keep, score=s_, detail=detail))
         if top[0] > best:
             best, best_float, best_q = top[0], top[2], top[3]
+    rounded = copy.deepcopy(best_q)
+    gptq = GPTQ(best_float, calibration)
+    gptq(rounded)
+    s = score(rounded)
+    keep = s > best
+    steps.append(RecipeStep(name="GPTQ weight rounding", applied=keep, score=s,
+                            detail=f"{len(gptq.layers)} layers re-rounded"))
+    if keep:
+        best, best_q = s, rounded
     corrected = copy.deepcopy(best_q)
     bc = BiasCorrection(best_float, calibration)
     bc(corrected)

@@ -34,7 +34,7 @@ PUBLIC: dict[str, list[str]] = {
         "get_block_size",
         "find_sequential_partitions", "get_equivalent_types", "update_equivalent_types_dict",
         "reference_representation_rewrite",
-        "SmoothQuant", "BiasCorrection", "CrossLayerEqualization", "ActivationRangeMargin",
+        "SmoothQuant", "BiasCorrection", "GPTQ", "CrossLayerEqualization", "ActivationRangeMargin",
         "choose_margin", "MarginChoice", "quantize_with_recipe",
         "RecipeReport", "RecipeResult",
     ],

@@ -60,7 +60,7 @@ def test_auto_picks_convnet_for_a_conv_model() -> None:
     assert report.family == "convnet"
     assert [s.name for s in report.steps] == [
         "default flow", "activation range margin", "cross-layer equalization", "SmoothQuant (alpha 0.5)",
-        "bias correction"]
+        "GPTQ weight rounding", "bias correction"]
     assert report.final >= report.baseline
 
 
