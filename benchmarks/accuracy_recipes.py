@@ -20,7 +20,7 @@ All linears/convs int8 with the X86 Inductor default config (eager q/dq graph).
 
     .venv/bin/python -m benchmarks.accuracy_recipes                 # every model
     .venv/bin/python -m benchmarks.accuracy_recipes --models convnets [--calib-images 32]
-    .venv/bin/python -m benchmarks.accuracy_recipes --models convnets --train-epochs 3 --images 900
+    .venv/bin/python -m benchmarks.accuracy_recipes --models convnets --train-epochs 3 --images 900 [--noise-split]
     .venv/bin/python -m benchmarks.accuracy_recipes --models minilm --calib 16 --eval 16 --seq-len 32
 """
 
@@ -43,6 +43,7 @@ from pt2e.cpu import cpu_model
 from pt2e.equalization import CrossLayerEqualization
 from pt2e.gptq import GPTQ
 from pt2e.numeric_debugger import sqnr
+from pt2e.ops import is_dequantize, is_quantize
 from pt2e.range_margin import choose_margin
 from pt2e.recipe import quantize_with_recipe
 from pt2e.smoothing import SmoothQuant
@@ -236,6 +237,32 @@ def _margin_alone(gm: torch.fx.GraphModule, calib: list[Any], choose: Callable[[
     return choice.factor, score(choice.model)
 
 
+def weights_only(q: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """A copy of the converted ``q`` with every activation quantize/dequantize pair bypassed:
+    only the weights are int8, so its SQNR is the weights' share of the error."""
+    q = copy.deepcopy(q)
+    for n in list(q.graph.nodes):
+        src = n.args[0] if is_dequantize(n) else None
+        if isinstance(src, torch.fx.Node) and is_quantize(src):
+            x = src.args[0]
+            if isinstance(x, torch.fx.Node) and x.op != "get_attr":  # an activation, not a weight
+                n.replace_all_uses_with(x)
+    q.graph.eliminate_dead_code()
+    q.recompile()
+    return q
+
+
+def noise_split(gm: torch.fx.GraphModule, calib: list[Any], score: Callable[[torch.nn.Module], float]
+                ) -> dict[str, float]:
+    """Output SQNR of the default flow with nearest and GPTQ rounding, each as converted and
+    with the weights alone int8 (``weights_only``)."""
+    q = _quantize(gm, calib)
+    rounded = copy.deepcopy(q)
+    GPTQ(gm, calib)(rounded)
+    return {"all int8, nearest": score(q), "weights only, nearest": score(weights_only(q)),
+            "all int8, GPTQ": score(rounded), "weights only, GPTQ": score(weights_only(rounded))}
+
+
 def contributions(gm: torch.fx.GraphModule, calib: list[Any], score: Callable[[torch.nn.Module], float],
                   *, convnet_family: bool, alphas: list[float],
                   choose: Callable[[torch.nn.Module], float] | None = None) -> dict[str, float]:
@@ -306,6 +333,8 @@ def run_convnets(args: argparse.Namespace) -> dict[str, Any]:
             row["top-1 float"] = top1(gm, evaluation, eval_y)
             row["top-1 default flow"] = top1(_quantize(gm, calib), evaluation, eval_y)
             row["top-1 recipe"] = top1(recipe.model, evaluation, eval_y)
+        if args.noise_split:
+            row["noise split"] = {k: round(v, 2) for k, v in noise_split(gm, calib, score).items()}
         row["seconds"] = round(time.perf_counter() - t0, 1)
         results[kind] = {k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}
         print(kind, json.dumps(results[kind]), flush=True)
@@ -358,6 +387,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--train-epochs", type=int, default=0,
                    help="convnets: train on --images for this many epochs instead of random weights "
                         "(adds top-1 accuracy on the evaluation images)")
+    p.add_argument("--noise-split", action="store_true",
+                   help="convnets: also the output SQNR with only the weights int8 (nearest and GPTQ "
+                        "rounding), the weights' share of the error")
     p.add_argument("--seed", type=int, default=0, help="convnets: random weights and image split")
     p.add_argument("--calib-images", type=int, default=128)
     p.add_argument("--val-images", type=int, default=256,

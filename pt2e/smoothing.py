@@ -45,7 +45,6 @@ from typing import Any
 import torch
 from torch.fx import GraphModule, Interpreter, Node
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
-from torch.utils._pytree import tree_leaves
 
 from .equalization import (
     Consumer,
@@ -58,6 +57,7 @@ from .equalization import (
     scale_input_channels,
 )
 from .errors import ArgumentValueError
+from .layerwise import batch_args
 from .ops import CONV_OPS
 
 __all__ = ["SmoothQuant", "channel_absmax", "smoothing_scales"]
@@ -81,10 +81,6 @@ class _AbsMax(Interpreter):
         return out
 
 
-def _args(batch: Any) -> list[Any]:
-    return tree_leaves(batch if isinstance(batch, tuple) else (batch,))
-
-
 def channel_absmax(gm: GraphModule, watch: dict[Node, int],
                    calibration_data: Sequence[Any]) -> dict[Node, torch.Tensor]:
     """``max |value|`` per channel (axis ``watch[node]``) of each watched node over the batches.
@@ -98,7 +94,7 @@ def channel_absmax(gm: GraphModule, watch: dict[Node, int],
     rec = _AbsMax(gm, watch)
     with torch.no_grad():
         for batch in calibration_data:
-            rec.run(*_args(batch))
+            rec.run(*batch_args(batch))
     return rec.amax
 
 
