@@ -63,8 +63,9 @@ from torch.utils._pytree import tree_leaves
 from .accuracy import run_batches
 from .bias_correction import BiasCorrection
 from .equalization import CrossLayerEqualization
-from .errors import ArgumentTypeError, ArgumentValueError
+from .errors import ArgumentValueError
 from .gptq import GPTQ
+from .layerwise import checked_inputs
 from .numeric_debugger import sqnr
 from .ops import CONV_OPS
 from .quantize_pt2e import prepare_pt2e
@@ -175,13 +176,7 @@ def quantize_with_recipe(
     """
     if family not in FAMILIES:
         raise ArgumentValueError(f"quantize_with_recipe(family={family!r}): pass one of {FAMILIES}")
-    if not isinstance(model, GraphModule):
-        raise ArgumentTypeError(
-            f"quantize_with_recipe expects the exported float model, got {type(model).__name__}; "
-            "pass torch.export.export(model, example_args).module()")
-    calibration = list(calibration_data)
-    if not calibration:
-        raise ArgumentValueError("quantize_with_recipe got no calibration_data; pass a list of batches")
+    calibration = checked_inputs("quantize_with_recipe", model, calibration_data)
     evaluation = list(eval_data) if eval_data is not None else calibration
     chosen = _family(model) if family == "auto" else family
     reference = _flat(run_batches(model, evaluation))
@@ -245,24 +240,18 @@ def quantize_with_recipe(
             steps.append(RecipeStep(name=name, applied=keep, score=s_, detail=detail))
         if top[0] > best:
             best, best_float, best_q = top[0], top[2], top[3]
-    rounded = copy.deepcopy(best_q)
-    gptq = GPTQ(best_float, calibration)
-    gptq(rounded)
-    s = score(rounded)
-    keep = s > best
-    steps.append(RecipeStep(name="GPTQ weight rounding", applied=keep, score=s,
-                            detail=f"{len(gptq.layers)} layers re-rounded"))
-    if keep:
-        best, best_q = s, rounded
-    corrected = copy.deepcopy(best_q)
-    bc = BiasCorrection(best_float, calibration)
-    bc(corrected)
-    s = score(corrected)
-    keep = s > best
-    steps.append(RecipeStep(name="bias correction", applied=keep, score=s,
-                            detail=f"{len(bc.layers)} biases corrected"))
-    if keep:
-        best, best_q = s, corrected
+    # passes on the converted model, in order: each kept only if it scores better
+    post: list[tuple[str, type[GPTQ] | type[BiasCorrection], str]] = [
+        ("GPTQ weight rounding", GPTQ, "layers re-rounded"), ("bias correction", BiasCorrection, "biases corrected")]
+    for name, make, what in post:
+        candidate_q = copy.deepcopy(best_q)
+        p = make(best_float, calibration)
+        p(candidate_q)
+        s = score(candidate_q)
+        keep = s > best
+        steps.append(RecipeStep(name=name, applied=keep, score=s, detail=f"{len(p.layers)} {what}"))
+        if keep:
+            best, best_q = s, candidate_q
     report = RecipeReport(family=chosen, metric="metric" if metric is not None else "output SQNR (dB)",
                           steps=tuple(steps), baseline=baseline, final=best, calibration_runs=runs[0])
     return RecipeResult(best_q, report)
