@@ -403,10 +403,13 @@ class OpenVINOModel:
 
 
 def full_range_weights(model: GraphModule) -> list[Node]:
-    """Conv/linear nodes whose int8 weight uses more than the overflow fix's ``-63..63``.
+    """Conv/linear nodes with a quantized input whose int8 weight uses more than the overflow
+    fix's ``-63..63``.
 
     On a CPU without VNNI, OpenVINO's int8 kernels sum u8*s8 pairs in int16, which
     such weights can saturate (see :class:`quantizers.OpenVINOQuantizer`'s ``overflow_fix``).
+    A weight-only layer (float input) never meets those kernels: OpenVINO decompresses its
+    weight and computes in float, so it is not listed.
 
     >>> import torch
     >>> from pt2e import convert_pt2e, prepare_pt2e
@@ -423,7 +426,7 @@ def full_range_weights(model: GraphModule) -> list[Node]:
         if node.op != "call_function" or node.target not in CONV_OPS | LINEAR_OPS or len(node.args) < 2:
             continue
         dq = node.args[1]
-        if not (isinstance(dq, Node) and is_dequantize(dq)) or len(dq.args) < 6:
+        if not (isinstance(dq, Node) and is_dequantize(dq)) or len(dq.args) < 6 or not is_dequantize(node.args[0]):
             continue
         qmin, qmax, dtype = dq.args[-3], dq.args[-2], dq.args[-1]
         if dtype == torch.int8 and isinstance(qmin, int) and isinstance(qmax, int) and max(-qmin, qmax) > 64:

@@ -104,6 +104,18 @@ class _Grid:
         return (q - self.zero_point) * self.scale
 
 
+@dataclass(frozen=True, kw_only=True)
+class _Target:
+    """A layer the pass re-rounds: its float twin's weight, the grid, and the weight's nodes."""
+
+    weight: torch.Tensor
+    grid: _Grid
+    dequantize: Node
+    quantize: Node | None     # only when convert did not fold the weight
+    constant: Node            # the get_attr of the int8 (folded) or float (not folded) weight
+    dtype: torch.dtype
+
+
 def gptq_round(weight: torch.Tensor, hessian: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
                qmin: int, qmax: int, *, damp: float = 0.01, restrict_rounding: bool = True) -> torch.Tensor:
     """The integer weights GPTQ chooses for ``weight`` (``[out, ...]``: every output row's
@@ -226,7 +238,7 @@ class GPTQ(PassBase):
     def call(self, graph_module: GraphModule) -> PassResult:
         """Walk the quantized graph in order, re-rounding each layer on the inputs it gets."""
         _, twins = float_twins("GPTQ", self.float_model, graph_module)
-        targets: dict[Node, tuple[torch.Tensor, _Grid]] = {}
+        targets: dict[Node, _Target] = {}
         skipped: list[SkippedLayer] = []
         for q_node, f_node in twins.items():
             target, reason = self._target(q_node, f_node)
@@ -238,7 +250,7 @@ class GPTQ(PassBase):
 
         def visit(n: Node, runs: list[Interpreter]) -> None:
             if n in targets:
-                done.append(self._round_layer(graph_module, n, runs, *targets[n]))
+                done.append(self._round_layer(graph_module, n, runs, targets[n]))
 
         run_in_lockstep(graph_module, self.calibration_data, visit)
         self.layers, self.skipped = tuple(done), tuple(skipped)
@@ -249,14 +261,12 @@ class GPTQ(PassBase):
         return PassResult(graph_module, bool(done))
 
     @staticmethod
-    def _target(q_node: Node, f_node: Node) -> tuple[tuple[torch.Tensor, _Grid] | None, str]:
+    def _target(q_node: Node, f_node: Node) -> tuple[_Target | None, str]:
         dq = q_node.args[1] if len(q_node.args) > 1 else None
-        if not is_dequantize(dq):
+        if not isinstance(dq, Node) or not is_dequantize(dq):
             return None, ""  # a float layer: the quantizer left its weight float
-        assert isinstance(dq, Node)
-        source = dq.args[0]
-        if isinstance(source, Node) and is_quantize(source):  # not folded: quantize(float weight)
-            source = source.args[0]
+        quantize = dq.args[0] if isinstance(dq.args[0], Node) and is_quantize(dq.args[0]) else None
+        source = quantize.args[0] if quantize is not None else dq.args[0]  # not folded: quantize(float)
         if not isinstance(source, Node) or source.op != "get_attr":
             return None, "its weight is not a constant"
         if len(dq.users) > 1:
@@ -271,17 +281,13 @@ class GPTQ(PassBase):
         grid, reason = _weight_grid(dq)
         if grid is None:
             return None, reason
-        return (w.detach(), grid), ""
+        return _Target(weight=w.detach(), grid=grid, dequantize=dq, quantize=quantize, constant=source,
+                       dtype=current.dtype), ""
 
-    def _round_layer(self, gm: GraphModule, n: Node, runs: list[Interpreter],
-                     w: torch.Tensor, grid: _Grid) -> RoundedLayer:
-        dq = n.args[1]
-        assert isinstance(dq, Node)
-        h: torch.Tensor | float = 0.0
-        for it in runs:
-            x = _layer_inputs(n, it.env[n.all_input_nodes[0]].double(), w.shape)
-            h = h + x @ x.transpose(1, 2)
-        assert isinstance(h, torch.Tensor)
+    def _round_layer(self, gm: GraphModule, n: Node, runs: list[Interpreter], t: _Target) -> RoundedLayer:
+        w, grid = t.weight, t.grid
+        parts = (_layer_inputs(n, it.env[n.all_input_nodes[0]].double(), w.shape) for it in runs)
+        h = sum((x @ x.transpose(1, 2) for x in parts), torch.zeros(()))
         flat = w.double().reshape(w.shape[0], -1)
         q = gptq_round(flat, h, grid.scale, grid.zero_point, grid.qmin, grid.qmax,
                        damp=self.damp, restrict_rounding=self.restrict_rounding)
@@ -289,29 +295,19 @@ class GPTQ(PassBase):
         groups = h.shape[0]
 
         def sqnr(err: torch.Tensor) -> float:
-            def power(t: torch.Tensor) -> float:
-                t = t.reshape(groups, -1, t.shape[1])
-                return float(torch.einsum("gri,gij,grj->", t, h, t))
+            def power(e: torch.Tensor) -> float:
+                e = e.reshape(groups, -1, e.shape[1])
+                return float(torch.einsum("gri,gij,grj->", e, h, e))
             return 10 * math.log10(power(flat) / max(power(err), 1e-300))
 
         record = RoundedLayer(layer=module_path(n) or n.name, columns=flat.shape[1],
                               sqnr_nearest=sqnr(flat - grid.dequantize(nearest)),
                               sqnr_gptq=sqnr(flat - grid.dequantize(q)))
-        source = dq.args[0]
-        assert isinstance(source, Node)
-        chain: list[Node] = [dq, n]
-        if is_quantize(source):  # keep the float weight, moved onto the chosen grid points
-            chain.insert(0, source)
-            user, attr = source, source.args[0]
-            assert isinstance(attr, Node)
-            value = grid.dequantize(q)
-        else:
-            user, attr = dq, source
-            value = q
-        old = get_attr_value(attr)
-        assert isinstance(old, torch.Tensor)  # _target checked it is a constant
-        value = value.reshape(w.shape).to(old.dtype)
-        _replace_constant(gm, user, attr, value, f"{str(attr.target)}_gptq")
+        # folded: new integers; not folded: the float weight moved onto the chosen grid points
+        value = q if t.quantize is None else grid.dequantize(q)
+        user = t.quantize if t.quantize is not None else t.dequantize
+        _replace_constant(gm, user, t.constant, value.reshape(w.shape).to(t.dtype), f"{str(t.constant.target)}_gptq")
+        chain = [c for c in (t.quantize, t.dequantize, n) if c is not None]
         for it in runs:  # the weight's constants were dropped from env after their last use
             for c in chain:
                 it.env[c] = _evaluate(c, it.env)

@@ -139,7 +139,9 @@ def test_not_convertible_graph_raises_a_lowering_error():
 def test_registry_flow():
     backend = get_backend("openvino")
     model, args = M.MLP().eval(), M.example_inputs("MLP")
-    prepared = prepare_pt2e(torch.export.export(model, args).module(), backend.quantizer())
+    # the machine's recommended keywords (overflow_fix without VNNI), as the registry flow documents
+    quantizer = backend.quantizer(**backend.recommended_config_kwargs())
+    prepared = prepare_pt2e(torch.export.export(model, args).module(), quantizer)
     prepared(*args)
     gm = backend.convert(prepared)
     lowered = backend.lower(gm, args)
@@ -250,6 +252,17 @@ def test_full_range_weights_warn_on_a_cpu_without_vnni(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         to_openvino(gm, (x,))
+
+
+def test_weight_only_layers_are_no_saturation_risk():
+    """A weight-only layer's input is float: OpenVINO decompresses its weight and computes in
+    float, never in the u8*s8 kernels, so full-range int8 weights there are fine."""
+    import lowering.openvino as lo
+
+    _, gm, _ = quantize("MLP", OpenVINOQuantizer(mode="int8wo_sym"))   # symmetric: int8 weights
+    weights = [n for n in gm.graph.nodes if n.op == "call_function" and n.target == torch.ops.aten.linear.default]
+    assert weights and all(n.args[1].args[-1] == torch.int8 for n in weights)   # int8 weights ...
+    assert lo.full_range_weights(gm) == []                                      # ... not listed
 
 
 class _Conv1dHead(torch.nn.Module):
