@@ -274,6 +274,7 @@ class GPTQ(PassBase):
         w = get_attr_value(f_node.args[1]) if isinstance(f_node.args[1], Node) else None
         if not isinstance(w, torch.Tensor):
             return None, "its float twin's weight is not a constant"
+        w = w.detach()
         current = get_attr_value(source)
         if not isinstance(current, torch.Tensor) or current.shape != w.shape:
             return None, (f"its weight's shape {tuple(getattr(current, 'shape', ()))} is not its float "
@@ -281,7 +282,13 @@ class GPTQ(PassBase):
         grid, reason = _weight_grid(dq)
         if grid is None:
             return None, reason
-        return _Target(weight=w.detach(), grid=grid, dequantize=dq, quantize=quantize, constant=source,
+        c = current.detach().double().reshape(w.shape[0], -1)  # one row per output channel
+        ints = c if quantize is None else torch.round(c / grid.scale) + grid.zero_point
+        float_ints = (w.double().reshape(w.shape[0], -1) / grid.scale + grid.zero_point).clamp(grid.qmin, grid.qmax)
+        if float((ints - float_ints).abs().max()) > 1.0 + 1e-6:
+            return None, ("its quantized weights are more than one grid step from its float twin's: pass "
+                          "the float model it was converted from (after QAT, its weights are the trained ones)")
+        return _Target(weight=w, grid=grid, dequantize=dq, quantize=quantize, constant=source,
                        dtype=current.dtype), ""
 
     def _round_layer(self, gm: GraphModule, n: Node, runs: list[Interpreter], t: _Target) -> RoundedLayer:

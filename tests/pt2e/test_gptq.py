@@ -180,19 +180,21 @@ def test_only_integer_weights_change_each_up_or_down() -> None:
         assert not torch.equal(q0, q1)
 
 
-def test_unfolded_weights_get_the_same_rounding() -> None:
+@pytest.mark.parametrize("net", ["mlp", "convs"])
+def test_unfolded_weights_get_the_same_rounding(net: str) -> None:
     """convert_pt2e(fold_quantize=False) keeps float weights behind a quantize node: the pass
     moves them onto the grid points it chose, and the model computes what the folded one does."""
     torch.manual_seed(0)
-    m, calib = Mlp().eval(), _correlated(4, seed=1)
+    m = (Mlp() if net == "mlp" else SmoothConvs()).eval()
+    calib = _correlated(4, seed=1) if net == "mlp" else _smooth_images(4, seed=1)
     gm = torch.export.export(m, (calib[0],)).module()
     folded, unfolded = _convert(gm, "x86-per-channel", calib), _convert(gm, "x86-per-channel", calib, fold=False)
     GPTQ(gm, calib)(folded)
     gptq = GPTQ(gm, calib)
     gptq(unfolded)
-    assert len(gptq.layers) == 2
-    x = _correlated(1, seed=3)[0]
-    torch.testing.assert_close(unfolded(x), folded(x), rtol=0, atol=1e-6)
+    assert len(gptq.layers) == 2 and gptq.skipped == ()
+    x = calib[0] * 1.1
+    torch.testing.assert_close(unfolded(x), folded(x), rtol=0, atol=1e-5)
 
 
 def test_shared_weights_are_skipped_and_reported() -> None:
@@ -264,3 +266,21 @@ def test_gptq_on_convs_improves_held_out_sqnr() -> None:
     after = sqnr(ref, torch.cat([q(x) for x in held_out]))
     assert [(r.layer, r.columns) for r in gptq.layers] == [("conv", 27), ("dw", 9)]
     assert after > before + 2.0, (before, after)   # 32.9 -> 36.2 dB here; activations limit the rest
+
+
+def test_a_float_model_that_is_not_the_converted_ones_weights_is_refused_per_layer() -> None:
+    """After QAT (or any training after export) the float model's weights are not the ones that
+    were rounded: GPTQ would round toward the wrong weights, so it leaves such layers alone."""
+    torch.manual_seed(0)
+    m, calib = Mlp().eval(), _correlated(2, seed=1)
+    gm = torch.export.export(m, (calib[0],)).module()
+    q = _convert(gm, "x86-per-channel", calib)
+    before = _int_weights(q)
+    with torch.no_grad():
+        m.body[2].weight.mul_(1.5)                                    # "trained" after export
+    stale = torch.export.export(m, (calib[0],)).module()
+    gptq = GPTQ(stale, calib)
+    gptq(q)
+    assert [r.layer for r in gptq.layers] == ["body.0"]
+    assert [s.layer for s in gptq.skipped] == ["body.2"] and "float model it was converted from" in gptq.skipped[0].reason
+    assert torch.equal(_int_weights(q)[1][0], before[1][0])
