@@ -20,7 +20,7 @@ import torch
 from torch.fx import GraphModule, Node
 
 from pt2e.errors import Pt2eError
-from pt2e.graph import attr_value, describe_node, register_constant, remove_dead_code
+from pt2e.graph import attr_value, conv_args, describe_node, register_constant, remove_dead_code
 from pt2e.ops import CONV_OPS, LINEAR_OPS, is_dequantize, is_quantize
 
 from .contract import check_lowerable
@@ -273,14 +273,14 @@ def conv1d_as_conv2d(model: GraphModule) -> GraphModule:
                                                       *act.args[1:]), dict(act.kwargs))
             weight_2d = graph.call_function(weight.target, (graph.get_attr(weights[stored.target]),
                                                             *weight.args[1:]), dict(weight.kwargs))
-        params = list(conv.args[2:]) + [None, [1], [0], [1], 1][len(conv.args) - 2:]
-        bias, stride, padding, dilation, groups = params
+        a = conv_args(conv)
 
         def _2d(v: Any, fill: int) -> list[int]:
             return [fill, *(v if isinstance(v, (list, tuple)) else [v])]
 
         conv.target = aten.conv2d.default
-        conv.args = (act_2d, weight_2d, bias, _2d(stride, 1), _2d(padding, 0), _2d(dilation, 1), groups)
+        conv.args = (act_2d, weight_2d, a.bias, _2d(a.stride, 1), _2d(a.padding, 0), _2d(a.dilation, 1), a.groups)
+        conv.kwargs = {}
         # the tail Inductor fuses into the kernel stays 4-D: unary post-ops, then the quantize
         end = conv
         conv.meta.pop("val", None)

@@ -22,6 +22,7 @@ from torch.fx import GraphModule, Node
 from .graph import (
     attr_value,
     batch_norm_args,
+    conv_args,
     copy_meta,
     describe_node,
     register_constant,
@@ -163,8 +164,7 @@ def fold_bn_into_preceding_op(gm: GraphModule) -> int:
             out_axis = 0
         elif producer.target in CONV_TRANSPOSE_OPS:
             out_axis = 1
-            groups = producer.args[6] if len(producer.args) > 6 else 1
-            if groups != 1:
+            if conv_args(producer).groups != 1:
                 continue
         else:
             continue

@@ -37,7 +37,7 @@ from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
 from .batchnorm import fold_bn_into_preceding_op
 from .errors import ArgumentValueError, UnsupportedOperationError
-from .graph import attr_value, copy_meta, describe_node, module_path, register_constant
+from .graph import attr_value, conv_args, copy_meta, describe_node, module_path, register_constant
 from .ops import CONV_OPS, LINEAR_OPS
 
 __all__ = [
@@ -123,7 +123,7 @@ def consumer(node: Node) -> Consumer | None:
             return None
         if node.target in LINEAR_OPS:
             return Consumer(node=node, weight=w, in_axis=1)
-        groups = int(node.args[6]) if len(node.args) > 6 else 1  # type: ignore[arg-type]
+        groups = conv_args(node).groups
         value = constant(w)
         if groups == 1:
             return Consumer(node=node, weight=w, in_axis=1)

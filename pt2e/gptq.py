@@ -64,7 +64,7 @@ from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
 from .equalization import _drop_dead_constants, _replace_constant
 from .errors import ArgumentValueError
-from .graph import get_attr_value, module_path
+from .graph import conv_args, get_attr_value, module_path
 from .layerwise import checked_inputs, float_twins, run_in_lockstep
 from .ops import LINEAR_OPS, PER_CHANNEL_OPS, is_dequantize, is_quantize
 
@@ -161,11 +161,9 @@ def _conv_inputs(node: Node, x: torch.Tensor, kernel: Sequence[int]) -> torch.Te
     """The inputs each weight of a conv meets (im2col), ``[groups, in/groups * k, samples]``,
     columns in the weight's own order (input channel, then kernel offsets row-major)."""
     dims = len(kernel)
-    args: list[Any] = list(node.args) + [None] * (7 - len(node.args))
-    stride = _as_list(args[3] if args[3] is not None else 1, dims)
-    padding = args[4] if args[4] is not None else 0
-    dilation = _as_list(args[5] if args[5] is not None else 1, dims)
-    groups = int(args[6] or 1)
+    args = conv_args(node)
+    stride, dilation, padding, groups = (_as_list(args.stride, dims), _as_list(args.dilation, dims),
+                                         args.padding, args.groups)
     if isinstance(padding, str):  # conv2d.padding: "valid" or "same" (the extra pixel goes right)
         total = [0] * dims if padding == "valid" else [d * (k - 1) for d, k in zip(dilation, kernel)]
         pads = [(t // 2, t - t // 2) for t in total]

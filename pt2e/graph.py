@@ -17,7 +17,8 @@ This module is the only one that
 * reads what a ``get_attr`` node reads (:func:`attr_value`, :func:`get_attr_value`);
 * names a node and its module for messages (:func:`module_stack`,
   :func:`module_path`, :func:`describe_node`);
-* decodes batch-norm arguments (:func:`batch_norm_args`);
+* decodes batch-norm and convolution arguments (:func:`batch_norm_args`,
+  :func:`conv_args`);
 * removes dead code the way the pipeline needs (:func:`remove_dead_code`).
 """
 
@@ -53,6 +54,8 @@ __all__ = [
     "describe_node",
     "BatchNormArgs",
     "batch_norm_args",
+    "ConvArgs",
+    "conv_args",
     "remove_dead_code",
 ]
 
@@ -386,6 +389,58 @@ def batch_norm_args(bn: Node) -> BatchNormArgs:
         f"batch_norm_args got {describe_node(bn)}, which is not a batch norm; pass a node whose "
         "target is aten.batch_norm.default or aten._native_batch_norm_legit_no_training.default"
     )
+
+
+class ConvArgs(NamedTuple):
+    """The arguments of a conv or transposed-conv node after its input and weight, with
+    ATen's defaults filled in. ``stride``, ``padding``, ``dilation`` and ``output_padding``
+    are as written in the graph (an int, a list, or for ``padding`` "same"/"valid")."""
+
+    bias: Any
+    stride: Any
+    padding: Any
+    dilation: Any
+    groups: int
+    output_padding: Any
+    transposed: bool
+
+
+# argument names after (input, weight), in schema order
+_CONV_NAMES: tuple[str, ...] = ("bias", "stride", "padding", "dilation", "groups")
+_CONV_TRANSPOSE_NAMES: tuple[str, ...] = ("bias", "stride", "padding", "output_padding", "groups", "dilation")
+_CONV_DEFAULTS: dict[str, Any] = {"bias": None, "stride": 1, "padding": 0, "dilation": 1, "groups": 1, "output_padding": 0}
+
+
+def conv_args(node: Node) -> ConvArgs:
+    """Decode ``aten.conv{1,2,3}d`` (``.default`` or ``.padding``) or
+    ``aten.conv_transpose{1,2,3}d``, positional or keyword arguments.
+
+    ``conv(input, weight, bias, stride, padding, dilation, groups)``;
+    ``conv_transpose(input, weight, bias, stride, padding, output_padding, groups, dilation)``.
+
+    >>> import torch
+    >>> m = torch.nn.Conv2d(4, 4, 3, stride=2, groups=4)
+    >>> gm = torch.export.export(m, (torch.randn(1, 4, 8, 8),)).module()
+    >>> a = conv_args(next(n for n in gm.graph.nodes if n.op == "call_function"))
+    >>> a.stride, a.padding, a.groups, a.transposed
+    ([2, 2], [0, 0], 4, False)
+    """
+    if node.target in CONV_OPS:
+        names, transposed = _CONV_NAMES, False
+    elif node.target in CONV_TRANSPOSE_OPS:
+        names, transposed = _CONV_TRANSPOSE_NAMES, True
+    else:
+        raise ArgumentValueError(
+            f"conv_args got {describe_node(node)}, which is not a convolution; pass a node whose "
+            "target is one of pt2e.ops.CONV_OPS or CONV_TRANSPOSE_OPS")
+    values: dict[str, Any] = dict(_CONV_DEFAULTS)
+    values.update(zip(names, node.args[2:]))
+    values.update((k, v) for k, v in node.kwargs.items() if k in values)
+    for k in ("stride", "padding", "dilation", "output_padding", "groups"):
+        if values[k] is None:
+            values[k] = _CONV_DEFAULTS[k]
+    return ConvArgs(values["bias"], values["stride"], values["padding"], values["dilation"],
+                    int(values["groups"]), values["output_padding"], transposed)
 
 
 def remove_dead_code(model: GraphModule, *, recompile: bool = True) -> int:

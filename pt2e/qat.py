@@ -36,7 +36,14 @@ from .batchnorm import (
     replace_batch_norm,
     warn_not_folded,
 )
-from .graph import attr_value, batch_norm_args, copy_meta, register_constant, remove_dead_code
+from .graph import (
+    attr_value,
+    batch_norm_args,
+    conv_args,
+    copy_meta,
+    register_constant,
+    remove_dead_code,
+)
 from .ops import BATCH_NORM_OPS, CONV_OPS, CONV_TRANSPOSE_OPS
 from .quantizer.annotation import annotate_output_qspec, get_annotation
 
@@ -89,8 +96,8 @@ def simulate_qat_conv_bn(model: GraphModule) -> int:
             out_axis = 1
         else:
             continue
-        w = conv.args[1]
-        b = conv.args[2] if len(conv.args) > 2 else None
+        w, shape = conv.args[1], conv_args(conv)
+        b = shape.bias
         a = batch_norm_args(bn)
         gamma, mean, var, eps = a.weight, a.running_mean, a.running_var, a.eps
         if not isinstance(w, Node) or not all(_is_attr(n) for n in (w, b, gamma, mean, var)):
@@ -98,8 +105,7 @@ def simulate_qat_conv_bn(model: GraphModule) -> int:
         if mean is None or var is None:
             continue  # no running statistics (track_running_stats=False): convert cannot fold
         w_value = attr_value(model, str(w.target))
-        groups = conv.args[6] if conv.target in CONV_TRANSPOSE_OPS and len(conv.args) > 6 else 1
-        if groups != 1:
+        if shape.transposed and shape.groups != 1:
             continue  # a grouped transposed weight holds out/groups channels on its axis 1
         if not channel_axis_matches(conv, w_value):
             warn_not_folded(conv, bn)

@@ -22,7 +22,7 @@ import torch
 from torch.fx import Node
 
 from pt2e import ops
-from pt2e.graph import get_attr_value
+from pt2e.graph import conv_args, get_attr_value
 from pt2e.quantizer import (
     QuantizationConfig,
     SharedQuantizationSpec,
@@ -95,20 +95,13 @@ _RELU = Step(role="relu", ops=RELU_OPS)
 # --------------------------------------------------------------------------- weighted ops
 
 
-def _groups(node: Node) -> int:
-    # conv{1,2}d(input, weight, bias, stride, padding, dilation, groups)
-    # conv_transpose{1,2}d(input, weight, bias, stride, padding, output_padding, groups, dilation)
-    groups: Any = node.args[6] if len(node.args) > 6 else 1
-    return int(groups)
-
-
 def _weight_shape(node: Node) -> tuple[int, ...] | None:
     val = getattr(node.args[1], "meta", {}).get("val")
     return tuple(val.shape) if val is not None else None
 
 
 def _is_depthwise(node: Node) -> bool:
-    shape, groups = _weight_shape(node), _groups(node)
+    shape, groups = _weight_shape(node), conv_args(node).groups
     if shape is None or groups <= 1:
         return False
     per_group_in = shape[0] // groups if node.target in CONV_TRANSPOSE_OPS else shape[1]
@@ -127,7 +120,7 @@ def unsupported_reason(node: Node, config: QuantizationConfig) -> str | None:
             return "XNNPACK's dynamically quantized convolution is 2-D only"
         if _is_depthwise(node):
             return "XNNPACK has no dynamically quantized depthwise convolution"
-    if node.target in CONV_TRANSPOSE_OPS and _groups(node) != 1:
+    if node.target in CONV_TRANSPOSE_OPS and conv_args(node).groups != 1:
         w = get_weight_qspec(config)
         if w is not None and w.qscheme == torch.per_channel_symmetric:
             return "XNNPACK has no per-channel transposed convolution with groups > 1"

@@ -20,6 +20,7 @@ from pt2e.graph import (
     DEBUG_HANDLE_KEY,
     PROVENANCE_KEYS,
     batch_norm_args,
+    conv_args,
     describe_node,
     fresh_attr_name,
     module_path,
@@ -256,6 +257,38 @@ def test_batch_norm_args_decodes_both_ops(training):
     assert args.training is training
     assert args.eps == pytest.approx(1e-3) and args.momentum == pytest.approx(0.1)
     assert args.running_mean.op == args.running_var.op == "get_attr"
+
+
+@pytest.mark.parametrize(("module", "x", "expected"), [
+    (torch.nn.Conv2d(4, 8, 3, stride=2, padding=1, dilation=2, groups=2, bias=False),
+     torch.randn(1, 4, 9, 9), ([2, 2], [1, 1], [2, 2], 2, 0, False)),
+    (torch.nn.Conv1d(4, 4, 3, padding="same", groups=4), torch.randn(1, 4, 9), ([1], "same", [1], 4, 0, False)),
+    (torch.nn.ConvTranspose2d(4, 6, 3, stride=2, output_padding=1, groups=2, dilation=1),
+     torch.randn(1, 4, 5, 5), ([2, 2], [0, 0], 1, 2, [1, 1], True)),  # dilation left out: default
+    (torch.nn.Conv3d(2, 2, 1), torch.randn(1, 2, 3, 3, 3), (1, 0, 1, 1, 0, False)),  # all defaults: left out
+], ids=["conv2d", "conv1d-same", "conv-transpose2d", "conv3d"])
+def test_conv_args_decodes_convs(module, x, expected):
+    gm = torch.export.export(module, (x,)).module()
+    conv = next(n for n in gm.graph.nodes if n.op == "call_function")
+    a = conv_args(conv)
+    assert (a.stride, a.padding, a.dilation, a.groups, a.output_padding, a.transposed) == expected
+    assert (a.bias is None) == (module.bias is None)
+
+
+def test_conv_args_reads_keywords_and_fills_defaults():
+    graph = torch.fx.Graph()
+    x, w = graph.placeholder("x"), graph.placeholder("w")
+    short = graph.call_function(aten.conv2d.default, (x, w))
+    keyword = graph.call_function(aten.conv2d.default, (x, w), {"groups": 3, "stride": [2, 2]})
+    assert conv_args(short) == (None, 1, 0, 1, 1, 0, False)
+    assert (conv_args(keyword).groups, conv_args(keyword).stride) == (3, [2, 2])
+
+
+def test_conv_args_rejects_other_nodes():
+    gm = export(MLP(), X)
+    lin = next(n for n in gm.graph.nodes if n.op == "call_function")
+    with pytest.raises(ArgumentValueError, match="not a convolution"):
+        conv_args(lin)
 
 
 def test_batch_norm_args_rejects_other_nodes():
