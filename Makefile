@@ -3,6 +3,10 @@ PYTHON ?= python3.11
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# pytest-xdist workers for `make test` (tests/conftest.py shares the torch threads between
+# them; --dist loadfile keeps a file's module fixtures, e.g. a torchao run, on one worker).
+# 2 fits CI's 2 cores and 24 GiB; TEST_WORKERS=0 runs the suite in this process.
+TEST_WORKERS ?= 2
 
 .PHONY: demo test lint test-fast fuzz install clean
 
@@ -24,10 +28,10 @@ lint: $(STAMP)
 	$(PY) -m mypy
 
 test: lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
 # The pipeline fuzzer's long profile (tests/fuzz): random models through every backend,
 # PT2E_FUZZ_EXAMPLES per lowering test (default 30: about an hour on 2 loaded cores).
