@@ -20,7 +20,7 @@ All linears/convs int8 with the X86 Inductor default config (eager q/dq graph).
 
     .venv/bin/python -m benchmarks.accuracy_recipes                 # every model
     .venv/bin/python -m benchmarks.accuracy_recipes --models convnets [--calib-images 32]
-    .venv/bin/python -m benchmarks.accuracy_recipes --models convnets --train-epochs 3 --images 900 [--noise-split]
+    .venv/bin/python -m benchmarks.accuracy_recipes --models convnets --train-epochs 3 --images 900 [--noise-split] [--bounds]
     .venv/bin/python -m benchmarks.accuracy_recipes --models minilm --calib 16 --eval 16 --seq-len 32
 """
 
@@ -41,6 +41,7 @@ from pt2e.accuracy import run_batches
 from pt2e.bias_correction import BiasCorrection
 from pt2e.cpu import cpu_model
 from pt2e.equalization import CrossLayerEqualization
+from pt2e.fallback import accuracy_aware_fallback
 from pt2e.gptq import GPTQ
 from pt2e.numeric_debugger import sqnr
 from pt2e.ops import is_dequantize, is_quantize
@@ -237,38 +238,139 @@ def _margin_alone(gm: torch.fx.GraphModule, calib: list[Any], choose: Callable[[
     return choice.factor, score(choice.model)
 
 
+def activation_pairs(q: torch.fx.GraphModule) -> list[tuple[torch.fx.Node, torch.fx.Node, torch.fx.Node]]:
+    """``(dequantize, quantize, activation)`` for each activation quantize/dequantize pair of
+    the converted ``q`` (a weight's quantize reads a ``get_attr`` instead)."""
+    pairs = []
+    for n in q.graph.nodes:
+        src = n.args[0] if is_dequantize(n) else None
+        if isinstance(src, torch.fx.Node) and is_quantize(src):
+            x = src.args[0]
+            if isinstance(x, torch.fx.Node) and x.op != "get_attr":
+                pairs.append((n, src, x))
+    return pairs
+
+
 def weights_only(q: torch.fx.GraphModule) -> torch.fx.GraphModule:
     """A copy of the converted ``q`` with every activation quantize/dequantize pair bypassed:
     only the weights are int8, so its SQNR is the weights' share of the error."""
     q = copy.deepcopy(q)
-    for n in list(q.graph.nodes):
-        src = n.args[0] if is_dequantize(n) else None
-        if isinstance(src, torch.fx.Node) and is_quantize(src):
-            x = src.args[0]
-            if isinstance(x, torch.fx.Node) and x.op != "get_attr":  # an activation, not a weight
-                n.replace_all_uses_with(x)
+    for dq, _, x in activation_pairs(q):
+        dq.replace_all_uses_with(x)
     q.graph.eliminate_dead_code()
     q.recompile()
     return q
 
 
-def noise_split(gm: torch.fx.GraphModule, calib: list[Any], score: Callable[[torch.nn.Module], float]
+def noise_split(models: dict[str, torch.fx.GraphModule], score: Callable[[torch.nn.Module], float]
                 ) -> dict[str, float]:
-    """Output SQNR of the default flow with nearest and GPTQ rounding, each as converted and
-    with the weights alone int8 (``weights_only``)."""
-    q = _quantize(gm, calib)
-    rounded = copy.deepcopy(q)
-    GPTQ(gm, calib)(rounded)
+    """Output SQNR of the default flow with nearest and GPTQ rounding (``models`` of
+    :func:`contributions`), each as converted and with the weights alone int8 (``weights_only``)."""
+    q, rounded = models["default flow"], models["GPTQ weight rounding"]
     return {"all int8, nearest": score(q), "weights only, nearest": score(weights_only(q)),
             "all int8, GPTQ": score(rounded), "weights only, GPTQ": score(weights_only(rounded))}
 
 
+class ActivationProbe(nn.Module):
+    """Stands for one activation quantize/dequantize pair of a converted model. In
+    ``record`` mode it passes its input through and keeps each channel's (axis 1) min and
+    max; otherwise it fake-quantizes to ``[qmin, qmax]`` with those ranges, widened by
+    ``margin``, per channel or (``per_channel=False``) per tensor."""
+
+    def __init__(self, qmin: int, qmax: int) -> None:
+        super().__init__()
+        self.qmin, self.qmax = qmin, qmax
+        self.record, self.per_channel, self.margin = True, True, 1.0
+        self.lo: torch.Tensor | None = None
+        self.hi: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.record:
+            dims = [d for d in range(x.dim()) if d != 1]
+            lo, hi = x.amin(dims), x.amax(dims)
+            if self.lo is not None and self.hi is not None:
+                lo, hi = torch.minimum(self.lo, lo), torch.maximum(self.hi, hi)
+            self.lo, self.hi = lo, hi
+            return x
+        if self.lo is None or self.hi is None:
+            raise RuntimeError("ActivationProbe: record ranges before quantizing")
+        lo, hi = self.lo.clamp(max=0) * self.margin, self.hi.clamp(min=0) * self.margin
+        if not self.per_channel:
+            lo, hi = lo.min(), hi.max()
+        scale = ((hi - lo) / (self.qmax - self.qmin)).clamp(min=1e-8)
+        zero = (self.qmin - torch.round(lo / scale)).clamp(self.qmin, self.qmax)
+        shape = [1] * x.dim()
+        shape[1] = -1
+        if scale.dim():
+            scale, zero = scale.reshape(shape), zero.reshape(shape)
+        return (torch.clamp(torch.round(x / scale) + zero, self.qmin, self.qmax) - zero) * scale
+
+
+def with_probes(q: torch.fx.GraphModule) -> tuple[torch.fx.GraphModule, list[ActivationProbe]]:
+    """A copy of the converted ``q`` whose activation quantize/dequantize pairs are
+    :class:`ActivationProbe` modules (same integer range), and the probes."""
+    q = copy.deepcopy(q)
+    probes: list[ActivationProbe] = []
+    for dq, quantize, x in activation_pairs(q):
+        probe = ActivationProbe(int(quantize.args[3]), int(quantize.args[4]))  # type: ignore[arg-type]
+        name = f"activation_probe_{len(probes)}"
+        q.add_submodule(name, probe)
+        probes.append(probe)
+        with q.graph.inserting_after(dq):
+            dq.replace_all_uses_with(q.graph.call_module(name, (x,)))
+    q.graph.eliminate_dead_code()
+    q.recompile()
+    return q, probes
+
+
+def bounds(gm: torch.fx.GraphModule, default: torch.fx.GraphModule, calib: list[Any], val: list[Any],
+           evaluation: list[Any], score: Callable[[torch.nn.Module], float],
+           choose: Callable[[torch.nn.Module], float]) -> dict[str, Any]:
+    """How far methods outside the all-int8 per-tensor flow would go, on the evaluation images:
+
+    * activations fake-quantized per channel (8 bits, which no x86 int8 kernel takes, and
+      the most any per-channel rescaling such as SmoothQuant or CLE can emulate), min/max
+      ranges from the calibration images with the margin ``choose`` likes best, against the
+      same per tensor; and both with ranges taken from the evaluation images themselves
+      (an oracle);
+    * mixed precision: the accuracy-aware fallback asked for the default flow + 3 dB on the
+      validation images, at most 16 layers float."""
+    probed, probes = with_probes(default)
+    run_batches(probed, calib)
+    out: dict[str, Any] = {}
+
+    def setup(per_channel: bool, margin: float) -> torch.fx.GraphModule:
+        for p in probes:
+            p.record, p.per_channel, p.margin = False, per_channel, margin
+        return probed
+
+    for per_channel, label in ((False, "per tensor"), (True, "per channel")):
+        margin = max((1.0, 1.25, 1.5, 2.0), key=lambda m: choose(setup(per_channel, m)))
+        out[f"activations {label}, min/max"] = score(setup(per_channel, margin))
+        out[f"activations {label}, margin"] = margin
+    for p in probes:
+        p.record, p.lo, p.hi = True, None, None
+    run_batches(probed, evaluation)
+    for per_channel, label in ((False, "per tensor"), (True, "per channel")):
+        out[f"activations {label}, oracle ranges"] = score(setup(per_channel, 1.0))
+    fallback = accuracy_aware_fallback(gm, x86_quantizer(), calib, target_sqnr=choose(default) + 3.0,
+                                       eval_data=val, max_float_layers=16, measure_top=6)
+    out["fallback to +3 dB: float layers"] = len(fallback.report.records)
+    out["fallback to +3 dB: met on validation"] = fallback.report.met
+    out["fallback to +3 dB"] = score(fallback.model)
+    return out
+
+
 def contributions(gm: torch.fx.GraphModule, calib: list[Any], score: Callable[[torch.nn.Module], float],
                   *, convnet_family: bool, alphas: list[float],
-                  choose: Callable[[torch.nn.Module], float] | None = None) -> dict[str, float]:
+                  choose: Callable[[torch.nn.Module], float] | None = None
+                  ) -> tuple[dict[str, float], dict[str, torch.fx.GraphModule]]:
     """Each algorithm alone on top of the default flow (the range margin chosen by ``choose``,
-    on held-out data, when given)."""
-    out = {"default flow": score(_quantize(gm, calib))}
+    on held-out data, when given): the scores, and the default flow's converted model and
+    the post-convert passes' (by row name) for further figures."""
+    default = _quantize(gm, calib)
+    models: dict[str, torch.fx.GraphModule] = {"default flow": default}
+    out = {"default flow": score(default)}
     print("default flow", out["default flow"], flush=True)
     float_passes: dict[str, Callable[[], Any]] = {
         f"SmoothQuant (alpha {a:g})": lambda a=a: SmoothQuant(calib, alpha=a, convs=convnet_family)  # type: ignore[misc]
@@ -285,11 +387,12 @@ def contributions(gm: torch.fx.GraphModule, calib: list[Any], score: Callable[[t
         out["margin chosen"] = factor
         print("activation range margin", factor, out["activation range margin"], flush=True)
     for name, make_pass in (("GPTQ weight rounding", GPTQ), ("bias correction", BiasCorrection)):
-        q = _quantize(gm, calib)
+        q = copy.deepcopy(default)
         make_pass(gm, calib)(q)
+        models[name] = q
         out[name] = score(q)
         print(name, out[name], flush=True)
-    return out
+    return out, models
 
 
 def run_convnets(args: argparse.Namespace) -> dict[str, Any]:
@@ -321,8 +424,9 @@ def run_convnets(args: argparse.Namespace) -> dict[str, Any]:
             return float(sqnr(ref, torch.cat(run_batches(m, val))))
 
         t0 = time.perf_counter()
-        row: dict[str, Any] = contributions(gm, calib, score, convnet_family=True,
-                                            alphas=args.alpha or [0.5, 0.65, 0.8], choose=choose)
+        scores, models = contributions(gm, calib, score, convnet_family=True,
+                                       alphas=args.alpha or [0.5, 0.65, 0.8], choose=choose)
+        row: dict[str, Any] = dict(scores)
         recipe = quantize_with_recipe(gm, x86_quantizer(), calib, family="convnet", alpha=args.alpha,
                                       eval_data=val)
         print(recipe.report)
@@ -331,10 +435,14 @@ def run_convnets(args: argparse.Namespace) -> dict[str, Any]:
         row["gain dB"] = row["recipe"] - row["default flow"]
         if args.train_epochs:  # a task metric too: top-1 on the evaluation images
             row["top-1 float"] = top1(gm, evaluation, eval_y)
-            row["top-1 default flow"] = top1(_quantize(gm, calib), evaluation, eval_y)
+            row["top-1 default flow"] = top1(models["default flow"], evaluation, eval_y)
             row["top-1 recipe"] = top1(recipe.model, evaluation, eval_y)
         if args.noise_split:
-            row["noise split"] = {k: round(v, 2) for k, v in noise_split(gm, calib, score).items()}
+            row["noise split"] = {k: round(v, 2) for k, v in noise_split(models, score).items()}
+        if args.bounds:
+            row["bounds"] = {k: round(v, 2) if isinstance(v, float) else v
+                             for k, v in bounds(gm, models["default flow"], calib, val, evaluation, score,
+                                                choose).items()}
         row["seconds"] = round(time.perf_counter() - t0, 1)
         results[kind] = {k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()}
         print(kind, json.dumps(results[kind]), flush=True)
@@ -357,8 +465,8 @@ def run_minilm(args: argparse.Namespace) -> dict[str, Any]:
         return mean_cosine(m, evaluation, ref)
 
     t0 = time.perf_counter()
-    row: dict[str, Any] = contributions(gm, calib, score, convnet_family=False,
-                                        alphas=args.alpha or [0.5, 0.8])
+    row: dict[str, Any] = dict(contributions(gm, calib, score, convnet_family=False,
+                                             alphas=args.alpha or [0.5, 0.8])[0])
     # the recipe scores on the calibration sentences (the evaluation ones stay unseen)
     recipe = quantize_with_recipe(gm, x86_quantizer(), calib, family="transformer", alpha=args.alpha)
     print(recipe.report)
@@ -390,6 +498,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--noise-split", action="store_true",
                    help="convnets: also the output SQNR with only the weights int8 (nearest and GPTQ "
                         "rounding), the weights' share of the error")
+    p.add_argument("--bounds", action="store_true",
+                   help="convnets: also what per-channel activations (no x86 kernel takes them) and "
+                        "mixed precision (the accuracy-aware fallback to the default flow + 3 dB) reach")
     p.add_argument("--seed", type=int, default=0, help="convnets: random weights and image split")
     p.add_argument("--calib-images", type=int, default=128)
     p.add_argument("--val-images", type=int, default=256,
