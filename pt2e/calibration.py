@@ -9,7 +9,6 @@ or guard failure deep inside torch.
 from __future__ import annotations
 
 import inspect
-import sys
 import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -22,6 +21,7 @@ from .distributed import sync_observers
 from .errors import ArgumentValueError
 from .graph import describe_node
 from .prepare import observer_nodes
+from .progress import iterate
 
 __all__ = ["calibrate", "check_batch", "calibration_problems", "warn_calibration_problems"]
 
@@ -53,16 +53,7 @@ def calibrate(
     >>> calibrate(torch.nn.Linear(3, 2), [torch.randn(4, 3) for _ in range(5)], progress=False)
     5
     """
-    iterator: Iterable[Any] = batches
-    if progress and _is_terminal():
-        try:
-            from tqdm.auto import tqdm
-
-            total = len(batches) if hasattr(batches, "__len__") else None  # type: ignore[arg-type]
-            # explicit disable=False: progress=True wins over a TQDM_DISABLE environment
-            iterator = tqdm(batches, desc=desc, total=total, unit="batch", disable=False)
-        except ImportError:  # tqdm is an optional dependency
-            pass
+    iterator = iterate(batches, desc=desc, unit="batch", enabled=progress)
     count = 0
     with torch.no_grad():
         for batch in iterator:
@@ -78,11 +69,6 @@ def calibrate(
     if sync:  # a no-op unless a torch.distributed process group is initialised
         sync_observers(model, group=group)
     return count
-
-
-def _is_terminal() -> bool:
-    isatty = getattr(sys.stderr, "isatty", None)
-    return bool(isatty is not None and isatty())
 
 
 def check_batch(

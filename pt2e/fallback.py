@@ -45,6 +45,7 @@ from .accuracy import compare, run_batches
 from .errors import ArgumentTypeError, ArgumentValueError
 from .numeric_debugger import _handle as _debug_handle
 from .numeric_debugger import generate_numeric_debug_handle, sqnr
+from .progress import Progress
 from .quantize_pt2e import convert_pt2e, prepare_pt2e
 from .quantizer.annotation import clear_annotation, get_annotation
 from .quantizer.base import Quantizer
@@ -199,6 +200,7 @@ def accuracy_aware_fallback(
     max_float_layers: int | None = None,
     measure_top: int = 0,
     passes: Sequence[Callable[[GraphModule], Any]] = (),
+    progress: bool = True,
 ) -> FallbackResult:
     """Quantize ``model`` with ``quantizer``, keeping the fewest most-sensitive layers float
     until the target is met.
@@ -217,7 +219,8 @@ def accuracy_aware_fallback(
     float-model passes run (in order, on a copy) before the search, e.g.
     ``[SmoothQuant(calibration_data, alpha=0.75)]`` (see ``docs/algorithms.md``): the
     layers are then ranked and kept float on the smoothed model, and the report's
-    ``passes`` names them. Example: see the module docstring.
+    ``passes`` names them. ``progress`` draws a bar of the tries on a terminal
+    (:mod:`pt2e.progress`). Example: see the module docstring.
     """
     if (target_sqnr is None) == (metric is None):
         raise ArgumentValueError(
@@ -263,61 +266,65 @@ def accuracy_aware_fallback(
         run_batches(prepared, calibration)
         return convert_pt2e(prepared)
 
-    full = quantize(frozenset())
-    full_score = score(full)
-    trials: dict[int, tuple[float, GraphModule]] = {0: (full_score, full)}
-    ranked: list[tuple[int, OpRecord]] = []
-    if full_score < threshold:
-        handles = {n.name: _debug_handle(n) for n in base.graph.nodes}
-        for row in compare(base, full, evaluation).layers:  # worst own error first
-            h = handles.get(row.node)
-            if row.quantized and h is not None:
-                own = "-" if row.layer_sqnr is None else f"{row.layer_sqnr:.1f} dB"
-                ranked.append((h, OpRecord(
-                    node=row.node, op=row.op, precision="float", module=row.module,
-                    reason=f"kept float by accuracy-aware fallback (layer SQNR {own} in int8)")))
-    if measure_top > 0 and ranked:
-        top = ranked[:measure_top]
-        gain = {}
-        for h, _ in top:
-            cost_model = quantize(frozenset({h}))
-            gain[h] = score(cost_model)
-        ranked = sorted(top, key=lambda hr: -gain[hr[0]]) + ranked[measure_top:]
-    limit = len(ranked) if max_float_layers is None else min(len(ranked), max_float_layers)
+    with Progress("accuracy-aware fallback", unit="try", enabled=progress) as bar:
+        full = quantize(frozenset())
+        full_score = score(full)
+        bar.advance(f"all int8: {full_score:.4g}")
+        trials: dict[int, tuple[float, GraphModule]] = {0: (full_score, full)}
+        ranked: list[tuple[int, OpRecord]] = []
+        if full_score < threshold:
+            handles = {n.name: _debug_handle(n) for n in base.graph.nodes}
+            for row in compare(base, full, evaluation).layers:  # worst own error first
+                h = handles.get(row.node)
+                if row.quantized and h is not None:
+                    own = "-" if row.layer_sqnr is None else f"{row.layer_sqnr:.1f} dB"
+                    ranked.append((h, OpRecord(
+                        node=row.node, op=row.op, precision="float", module=row.module,
+                        reason=f"kept float by accuracy-aware fallback (layer SQNR {own} in int8)")))
+        if measure_top > 0 and ranked:
+            top = ranked[:measure_top]
+            gain = {}
+            for h, _ in top:
+                cost_model = quantize(frozenset({h}))
+                gain[h] = score(cost_model)
+                bar.advance(f"one layer float: {gain[h]:.4g}")
+            ranked = sorted(top, key=lambda hr: -gain[hr[0]]) + ranked[measure_top:]
+        limit = len(ranked) if max_float_layers is None else min(len(ranked), max_float_layers)
 
-    def attempt(k: int) -> bool:
-        if k not in trials:
-            m = quantize(frozenset(h for h, _ in ranked[:k]))
-            trials[k] = (score(m), m)
-            log.info("fallback: %d layers float -> %.5g", k, trials[k][0])
-        return trials[k][0] >= threshold
+        def attempt(k: int) -> bool:
+            if k not in trials:
+                m = quantize(frozenset(h for h, _ in ranked[:k]))
+                trials[k] = (score(m), m)
+                log.info("fallback: %d layers float -> %.5g", k, trials[k][0])
+                bar.advance(f"{k} layers float: {trials[k][0]:.4g}")
+            return trials[k][0] >= threshold
 
-    best = 0 if full_score >= threshold else None
-    if best is None:
-        lo, k = 0, 1
-        while k < limit and not attempt(k):
-            lo, k = k, 2 * k
-        k = min(k, limit)
-        if k > 0 and attempt(k):
-            hi = k
-            while hi - lo > 1:  # invariant: lo misses, hi meets
-                mid = (lo + hi) // 2
-                if attempt(mid):
-                    hi = mid
-                else:
-                    lo = mid
-            best = hi
-    met = best is not None
-    chosen = best if best is not None else max(trials, key=lambda i: trials[i][0])
-    achieved, converted = trials[chosen]
-    report = FallbackReport(
-        target=target, met=met, achieved=achieved, full_int8=full_score,
-        int8_layers=quantization_report(converted).count(precision="int8"),
-        candidates=len(ranked) or quantization_report(full).count(precision="int8"),
-        calibration_runs=cost["calibration_runs"], evaluations=cost["evaluations"],
-        size_bytes=_size_bytes(converted), float_size_bytes=_size_bytes(base),
-        trials=tuple(sorted((k, v[0]) for k, v in trials.items())),
-        records=tuple(r for _, r in ranked[:chosen]),
-        passes=tuple(_pass_name(p) for p in passes),
-    )
-    return FallbackResult(converted, report)
+        best = 0 if full_score >= threshold else None
+        if best is None:
+            lo, k = 0, 1
+            while k < limit and not attempt(k):
+                lo, k = k, 2 * k
+            k = min(k, limit)
+            if k > 0 and attempt(k):
+                hi = k
+                while hi - lo > 1:  # invariant: lo misses, hi meets
+                    mid = (lo + hi) // 2
+                    if attempt(mid):
+                        hi = mid
+                    else:
+                        lo = mid
+                best = hi
+        met = best is not None
+        chosen = best if best is not None else max(trials, key=lambda i: trials[i][0])
+        achieved, converted = trials[chosen]
+        report = FallbackReport(
+            target=target, met=met, achieved=achieved, full_int8=full_score,
+            int8_layers=quantization_report(converted).count(precision="int8"),
+            candidates=len(ranked) or quantization_report(full).count(precision="int8"),
+            calibration_runs=cost["calibration_runs"], evaluations=cost["evaluations"],
+            size_bytes=_size_bytes(converted), float_size_bytes=_size_bytes(base),
+            trials=tuple(sorted((k, v[0]) for k, v in trials.items())),
+            records=tuple(r for _, r in ranked[:chosen]),
+            passes=tuple(_pass_name(p) for p in passes),
+        )
+        return FallbackResult(converted, report)

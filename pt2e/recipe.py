@@ -50,6 +50,7 @@ True
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -68,6 +69,7 @@ from .gptq import GPTQ
 from .layerwise import checked_inputs
 from .numeric_debugger import sqnr
 from .ops import CONV_OPS
+from .progress import Progress
 from .quantize_pt2e import prepare_pt2e
 from .quantizer.base import Quantizer
 from .range_margin import DEFAULT_MARGINS, choose_margin
@@ -84,6 +86,7 @@ FAMILIES = ("auto", "transformer", "convnet")
 _DEFAULT_ALPHAS = {"transformer": (0.5, 0.8), "convnet": (0.5, 0.65, 0.8)}
 
 aten = torch.ops.aten
+log = logging.getLogger(__name__)
 _TRANSFORMER_OPS = frozenset({
     aten.layer_norm.default, aten.softmax.int, aten._softmax.default,
     aten.scaled_dot_product_attention.default,
@@ -162,6 +165,7 @@ def quantize_with_recipe(
     metric: Callable[[torch.nn.Module], float] | None = None,
     alpha: float | Sequence[float] | None = None,
     margins: Sequence[float] = DEFAULT_MARGINS,
+    progress: bool = True,
 ) -> RecipeResult:
     """Quantize the exported float ``model`` with ``quantizer`` and the recipe of ``family``.
 
@@ -172,7 +176,9 @@ def quantize_with_recipe(
     best is kept); ``None`` tries the family's defaults (see the module docstring).
     ``margins`` are the activation range margins tried with every scored model (``()``
     tries none); they need ``eval_data`` distinct from the calibration data, or a
-    ``metric``. ``model`` is not changed. Example: see the module docstring.
+    ``metric``. ``model`` is not changed. ``progress`` draws a bar of the steps on a
+    terminal (:mod:`pt2e.progress`); each step's score is also logged at INFO level.
+    Example: see the module docstring.
     """
     if family not in FAMILIES:
         raise ArgumentValueError(f"quantize_with_recipe(family={family!r}): pass one of {FAMILIES}")
@@ -208,50 +214,62 @@ def quantize_with_recipe(
 
     judged = bool(margins) and (eval_data is not None or metric is not None)
     factors = (1.0, *margins) if judged else (1.0,)
-
-    best_float = copy.deepcopy(model)
-    start = choose_margin(calibrated(best_float), score, factors)
-    baseline = start.scores[0][1]  # factor 1: the default flow
-    best, best_q = start.score, start.model
-    steps = [RecipeStep(name="default flow", applied=True, score=baseline)]
-    if judged:
-        f0, s0 = max(start.scores[1:], key=lambda fs: fs[1])
-        steps.append(RecipeStep(name=f"activation range margin (x{f0:g})", applied=start.factor != 1.0,
-                                score=s0, detail="tried " + start.tried()))
-    else:
-        why = ("no margins given" if not margins else
-               "needs eval_data distinct from the calibration data, or a metric (on the "
-               "calibration data the calibrated ranges always win)")
-        steps.append(RecipeStep(name="activation range margin", applied=False, score=math.nan, detail=why))
-    for stage in stages:
-        tried = []
-        for name, make in stage:
-            candidate = copy.deepcopy(best_float)
-            p = make()
-            p(candidate)
-            choice = choose_margin(calibrated(candidate), score, factors)
-            detail = f"{len(getattr(p, 'layers', ()))} layer groups scaled"
-            if judged:
-                detail += f"; with margin x{choice.factor:g} (tried {choice.tried()})"
-            tried.append((choice.score, name, candidate, choice.model, detail))
-        top = max(tried, key=lambda t: t[0])
-        for s_, name, _, _, detail in tried:
-            keep = name == top[1] and s_ > best
-            steps.append(RecipeStep(name=name, applied=keep, score=s_, detail=detail))
-        if top[0] > best:
-            best, best_float, best_q = top[0], top[2], top[3]
-    # passes on the converted model, in order: each kept only if it scores better
     post: list[tuple[str, type[GPTQ] | type[BiasCorrection], str]] = [
         ("GPTQ weight rounding", GPTQ, "layers re-rounded"), ("bias correction", BiasCorrection, "biases corrected")]
-    for name, make, what in post:
-        candidate_q = copy.deepcopy(best_q)
-        p = make(best_float, calibration)
-        p(candidate_q)
-        s = score(candidate_q)
-        keep = s > best
-        steps.append(RecipeStep(name=name, applied=keep, score=s, detail=f"{len(p.layers)} {what}"))
-        if keep:
-            best, best_q = s, candidate_q
-    report = RecipeReport(family=chosen, metric="metric" if metric is not None else "output SQNR (dB)",
-                          steps=tuple(steps), baseline=baseline, final=best, calibration_runs=runs[0])
-    return RecipeResult(best_q, report)
+
+    def search(bar: Progress) -> RecipeResult:
+        def done(name: str, s: float) -> None:
+            log.info("recipe: %s -> %.5g", name, s)
+            bar.advance(f"{name}: {s:.4g}")
+
+        best_float = copy.deepcopy(model)
+        start = choose_margin(calibrated(best_float), score, factors)
+        baseline = start.scores[0][1]  # factor 1: the default flow
+        done("default flow", start.score)
+        best, best_q = start.score, start.model
+        steps = [RecipeStep(name="default flow", applied=True, score=baseline)]
+        if judged:
+            f0, s0 = max(start.scores[1:], key=lambda fs: fs[1])
+            steps.append(RecipeStep(name=f"activation range margin (x{f0:g})", applied=start.factor != 1.0,
+                                    score=s0, detail="tried " + start.tried()))
+        else:
+            why = ("no margins given" if not margins else
+                   "needs eval_data distinct from the calibration data, or a metric (on the "
+                   "calibration data the calibrated ranges always win)")
+            steps.append(RecipeStep(name="activation range margin", applied=False, score=math.nan, detail=why))
+        for stage in stages:
+            tried = []
+            for name, make in stage:
+                candidate = copy.deepcopy(best_float)
+                p = make()
+                p(candidate)
+                choice = choose_margin(calibrated(candidate), score, factors)
+                detail = f"{len(getattr(p, 'layers', ()))} layer groups scaled"
+                if judged:
+                    detail += f"; with margin x{choice.factor:g} (tried {choice.tried()})"
+                tried.append((choice.score, name, candidate, choice.model, detail))
+                done(name, choice.score)
+            top = max(tried, key=lambda t: t[0])
+            for s_, name, _, _, detail in tried:
+                keep = name == top[1] and s_ > best
+                steps.append(RecipeStep(name=name, applied=keep, score=s_, detail=detail))
+            if top[0] > best:
+                best, best_float, best_q = top[0], top[2], top[3]
+        # passes on the converted model, in order: each kept only if it scores better
+        for name, make, what in post:
+            candidate_q = copy.deepcopy(best_q)
+            p = make(best_float, calibration)
+            p(candidate_q)
+            s = score(candidate_q)
+            done(name, s)
+            keep = s > best
+            steps.append(RecipeStep(name=name, applied=keep, score=s, detail=f"{len(p.layers)} {what}"))
+            if keep:
+                best, best_q = s, candidate_q
+        report = RecipeReport(family=chosen, metric="metric" if metric is not None else "output SQNR (dB)",
+                              steps=tuple(steps), baseline=baseline, final=best, calibration_runs=runs[0])
+        return RecipeResult(best_q, report)
+
+    steps_total = 1 + sum(len(stage) for stage in stages) + len(post)
+    with Progress(f"recipe ({chosen})", total=steps_total, enabled=progress) as bar:
+        return search(bar)

@@ -11,7 +11,7 @@ from pt2e.quantizer import module_stack
 
 
 def test_calibrate_feeds_every_batch_and_observers_see_data(capsys, monkeypatch):
-    monkeypatch.setattr("pt2e.calibration._is_terminal", lambda: True)  # bars on terminals only
+    monkeypatch.setattr("pt2e.progress.is_terminal", lambda: True)  # bars on terminals only
     x = torch.randn(4, 16)
     prepared = prepare_pt2e(export(MLP((16, 32, 8)), x), ReferenceQuantizer())
     batches = [torch.randn(4, 16) for _ in range(6)]
