@@ -6,7 +6,10 @@ is a ``--backend`` choice (a unique prefix works: ``x86`` is ``x86_inductor``).
 * ``pt2e quantize MODEL.pt2 --backend x86 --calib DATA --out OUT [--report REPORT.md]``:
   load a ``torch.export.save`` d program, calibrate on DATA (progress bar), convert,
   lower, check that the int8 kernels ran, write the backend's artefact and print a
-  report (int8 vs float ops, SQNR on a held-back batch, sizes).
+  report (int8 vs float ops, SQNR on a held-back batch, sizes). ``--recipe FAMILY``
+  quantizes with :func:`pt2e.quantize_with_recipe` instead (SmoothQuant, equalization,
+  GPTQ, bias correction: each kept only where it scores better), choosing on
+  ``--recipe-data DATA`` when given, else on the calibration batches.
 * ``pt2e inspect MODEL.pt2 [--backend B]``: what the quantizer would observe and
   which compute ops would stay float, without calibrating.
 * ``pt2e compare FLOAT.pt2 QUANTIZED.pt2 --data DATA [--out TABLE]``: the numeric
@@ -39,6 +42,7 @@ import ast
 import copy
 import sys
 import traceback
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -194,6 +198,29 @@ def _float_module(program: torch.export.ExportedProgram) -> torch.fx.GraphModule
     return model
 
 
+def _quantize_with_recipe(args: argparse.Namespace, backend: Backend, model: torch.fx.GraphModule,
+                          quantizer: Any, calib: list[Batch]) -> tuple[torch.fx.GraphModule, list[str]]:
+    """The recipe's converted model and the report lines about it."""
+    from pt2e import quantize_with_recipe
+
+    if args.config != "static":
+        raise CliUsageError(
+            f"--recipe needs --config static (got {args.config!r}): the recipe chooses between "
+            "calibrated static models; drop --recipe for dynamic quantization")
+    # folded or not, the weights are the same numbers (OpenVINO's lowering re-expands them)
+    other = {k: v for k, v in backend.default_convert_kwargs.items() if k != "fold_quantize"}
+    if other:
+        raise CliUsageError(
+            f"--recipe converts with convert_pt2e's defaults, and backend {backend.name!r} converts "
+            f"with {other}; drop --recipe for this backend")
+    choose_on = load_batches(args.recipe_data) if args.recipe_data else None
+    result = quantize_with_recipe(model, quantizer, calib, family=args.recipe, eval_data=choose_on,
+                                  progress=not args.quiet)
+    where = (f"{len(choose_on)} batch(es) from {args.recipe_data}" if choose_on is not None else
+             "the calibration batches (pass --recipe-data with held-out batches to also try range margins)")
+    return result.model, ["## Recipe", f"Steps chosen on {where}.", "```", str(result.report), "```", ""]
+
+
 def _quantize(args: argparse.Namespace) -> int:
     from pt2e import calibrate, prepare_pt2e, quantization_report
     from pt2e.numeric_debugger import sqnr
@@ -207,9 +234,13 @@ def _quantize(args: argparse.Namespace) -> int:
     float_out = _run(model, held_back, "the float model")
 
     quantizer = backend.quantizer(**_config_kwargs(backend, args.config, args.option))
-    prepared = prepare_pt2e(copy.deepcopy(model), quantizer)
-    calibrate(prepared, calib, progress=not args.quiet)
-    converted = backend.convert(prepared)
+    recipe_lines: list[str] = []
+    if args.recipe:
+        converted, recipe_lines = _quantize_with_recipe(args, backend, model, quantizer, calib)
+    else:
+        prepared = prepare_pt2e(copy.deepcopy(model), quantizer)
+        calibrate(prepared, calib, progress=not args.quiet)
+        converted = backend.convert(prepared)
     converted_out = _run(converted, held_back, "the converted model")
     lowered = backend.lower(converted, held_back)
     lowered_out = _run(lowered, held_back, f"the {backend.name} artefact")
@@ -230,6 +261,7 @@ def _quantize(args: argparse.Namespace) -> int:
         f"- sizes: model {Path(args.model).stat().st_size / 1e6:.2f} MB, "
         f"artefact {out.stat().st_size / 1e6:.2f} MB ({out})",
         "",
+        *recipe_lines,
         "## Converted graph",
         "```",
         str(graph_report),
@@ -322,6 +354,12 @@ def _parser() -> argparse.ArgumentParser:
     q.add_argument("--report", metavar="REPORT.md", help="also write the report here (Markdown)")
     q.add_argument("--no-check", action="store_true", help="do not fail when an int8 op ran in float")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
+    q.add_argument("--recipe", choices=("auto", "transformer", "convnet"), default=None, metavar="FAMILY",
+                   help="quantize with the post-training recipe of FAMILY (auto, transformer, convnet): "
+                        "SmoothQuant, equalization, GPTQ, bias correction, each kept only if it helps")
+    q.add_argument("--recipe-data", metavar="DATA",
+                   help="held-out batches the recipe chooses its steps on (default: the calibration "
+                        "batches); keep them apart from the data you judge the result on")
     q.set_defaults(func=_quantize)
 
     i = sub.add_parser(
@@ -354,7 +392,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        status: int = args.func(args)
+        with warnings.catch_warnings():
+            # torch 2.13 warns about its own LeafSpec whenever an exported module is deep-copied
+            # (copyreg rebuilds the deprecated class); it says nothing to a command-line user
+            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
+            status: int = args.func(args)
         return status
     except (Pt2eError, OSError) as e:
         if args.verbose:

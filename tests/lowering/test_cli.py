@@ -112,6 +112,12 @@ def test_bad_option_is_a_user_error(files, capsys):
     assert "NAME=VALUE" in capsys.readouterr().err
 
 
+def test_recipe_needs_static_quantization(files, capsys):
+    status = main(["quantize", str(files / "model.pt2"), "--backend", "x86", "--config", "dynamic",
+                   "--calib", str(files / "calib.pt"), "--out", str(files / "o.pt2"), "--recipe", "auto", "--quiet"])
+    assert status == 2 and "--recipe needs --config static" in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------- whole runs
 
 
@@ -138,6 +144,7 @@ def test_quantize_for_x86_writes_a_program_that_runs_int8(files):
     done = _cli("quantize", "model.pt2", "--backend", "x86", "--calib", "calib.pt", "--out",
                 "out/int8.pt2", "--report", "out/report.md", "--quiet", cwd=files)
     assert done.returncode == 0, done.stderr
+    assert "Warning" not in done.stderr, done.stderr  # e.g. torch's own LeafSpec deprecation
     report = (files / "out" / "report.md").read_text()
     assert "onednn.qconv_pointwise" in report and "onednn.qlinear_pointwise" in report
     assert "SQNR on the held-back last batch" in report
@@ -199,3 +206,20 @@ def test_quantize_for_openvino_writes_ir_that_compiles_to_int8(files):
     assert report.count("Convolution", precision="int8") >= 1
     out = compiled.create_infer_request().infer([np.random.randn(2, 3, 8, 8).astype("float32")])
     assert next(iter(out.values())).shape == (2, 16)
+
+
+@pytest.mark.slow
+def test_quantize_with_the_recipe_reports_its_steps_and_the_artefact_runs(files, capsys):
+    torch.save([torch.randn(2, 3, 8, 8) for _ in range(2)], files / "choose.pt")
+    status = main(["quantize", str(files / "model.pt2"), "--backend", "xnnpack", "--option", "is_per_channel=True",
+                   "--calib", str(files / "calib.pt"), "--recipe", "auto", "--recipe-data", str(files / "choose.pt"),
+                   "--out", str(files / "model.pte"), "--report", str(files / "report.md"), "--quiet"])
+    assert status == 0, capsys.readouterr().err
+    report = (files / "report.md").read_text()
+    assert "## Recipe" in report and "Steps chosen on 2 batch(es)" in report
+    assert "recipe 'convnet'" in report and "default flow" in report and "GPTQ weight rounding" in report
+    assert "activation range margin (x" in report  # held-out batches: margins were tried
+    from lowering import ExecuTorchRunner
+
+    runner = ExecuTorchRunner((files / "model.pte").read_bytes())
+    assert runner(torch.randn(2, 3, 8, 8)).shape == (2, 16)
