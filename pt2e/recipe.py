@@ -225,7 +225,7 @@ def quantize_with_recipe(
         best_float = copy.deepcopy(model)
         start = choose_margin(calibrated(best_float), score, factors)
         baseline = start.scores[0][1]  # factor 1: the default flow
-        done("default flow", start.score)
+        done("default flow" if start.factor == 1.0 else f"default flow, margin x{start.factor:g}", start.score)
         best, best_q = start.score, start.model
         steps = [RecipeStep(name="default flow", applied=True, score=baseline)]
         if judged:
