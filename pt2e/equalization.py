@@ -184,7 +184,6 @@ def foldable_producer(act: Node, consumers: list[Consumer]) -> tuple[Node, list[
     while True:
         if set(node.users) - users or node.op != "call_function":
             return None
-            return None
         if node.target in HOMOGENEOUS_OPS and isinstance(node.args[0], Node):
             chain.append(node)
             users = {node}

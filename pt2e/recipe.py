@@ -244,7 +244,11 @@ def quantize_with_recipe(
                 p = make()
                 p(candidate)
                 choice = choose_margin(calibrated(candidate), score, factors)
-                detail = f"{len(getattr(p, 'layers', ()))} layer groups scaled"
+                scaled = getattr(p, "layers", ())
+                muls = sum(str(getattr(r, "how", "")).startswith("mul inserted") for r in scaled)
+                detail = f"{len(scaled)} layer groups scaled"
+                if muls:  # a float op at run time, where the scale could not be folded
+                    detail += f" ({muls} through an inserted float mul)"
                 if judged:
                     detail += f"; with margin x{choice.factor:g} (tried {choice.tried()})"
                 tried.append((choice.score, name, candidate, choice.model, detail))
