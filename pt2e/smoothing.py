@@ -13,10 +13,9 @@ nothing in float. The paper's choice, with migration strength ``alpha`` in [0, 1
 ``X / s`` and ``W s`` with the per-channel range ``max|X_j| ** alpha * max|W_j| ** (1 - alpha)``.
 ``max|X_j|`` is measured on calibration data. The division is folded into the layer
 that produces ``X`` when nothing else reads it (a ``linear``, ``conv`` or ``layer_norm``,
-through ``relu``; with ``convs=True`` batch norms are folded into their convs first, so
-``conv -> bn -> relu`` absorbs it too); otherwise (a post-LN BERT's layer norm also feeds
-the residual; a hardswish or SiLU in between) a constant ``mul`` is inserted in front of
-the consumers, a float op at run time.
+through ``relu``); otherwise (a post-LN BERT's layer norm also feeds the residual; a
+batch norm, hardswish or SiLU in between) a constant ``mul`` is inserted in front of the
+consumers, a float op at run time.
 
 Run it on the exported float model before ``prepare_pt2e``; it works with any quantizer.
 
@@ -48,7 +47,6 @@ import torch
 from torch.fx import GraphModule, Interpreter, Node
 from torch.fx.passes.infra.pass_base import PassBase, PassResult
 
-from .batchnorm import fold_bn_into_preceding_op
 from .equalization import (
     Consumer,
     ScaledLayer,
@@ -151,9 +149,6 @@ class SmoothQuant(PassBase):
 
     def call(self, graph_module: GraphModule) -> PassResult:
         """Measure ``max|X_j|`` of every smoothed layer's input, then scale."""
-        # with convs: fold batch norms first (as prepare would), so that a conv -> bn -> relu
-        # producer absorbs the scale instead of a float mul running before the next conv
-        folded = fold_bn_into_preceding_op(graph_module) if self.convs else 0
         groups = self._groups(graph_module)
         amax = channel_absmax(graph_module, {a: channel_axis_of_input(cs[0]) for a, cs in groups.items()},
                               self.calibration_data)
@@ -169,7 +164,6 @@ class SmoothQuant(PassBase):
         self.layers = tuple(done)
         if done:
             _drop_dead_constants(graph_module)
-        if done or folded:
             graph_module.graph.lint()
             graph_module.recompile()
-        return PassResult(graph_module, bool(done) or folded > 0)
+        return PassResult(graph_module, bool(done))
