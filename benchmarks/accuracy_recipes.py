@@ -361,6 +361,25 @@ def bounds(gm: torch.fx.GraphModule, default: torch.fx.GraphModule, calib: list[
     return out
 
 
+def speed(models: dict[str, torch.nn.Module], x: torch.Tensor, rounds: int) -> dict[str, Any]:
+    """Latency (ms per batch ``x``: median over ``rounds``, interleaved, with the spread) of the
+    float model under ``torch.compile`` and of each converted model through ``compile_x86``,
+    and the kernels Inductor ran for each converted one."""
+    from benchmarks.x86_inductor import _compile, _time
+    from lowering import compile_x86
+
+    fns: dict[str, Callable[[torch.Tensor], Any]] = {}
+    kernels: dict[str, str] = {}
+    for name, m in models.items():
+        if name == "fp32":
+            fns[name] = _compile(m, x)
+        else:
+            compiled = compile_x86(copy.deepcopy(m), (x,))
+            fns[name], kernels[name] = compiled, str(compiled.kernels)
+    return {"latency": {k: {"ms": round(v["ms"], 2), "spread": round(v["spread"], 3)}
+                        for k, v in _time(fns, x, rounds).items()}, "kernels": kernels}
+
+
 def contributions(gm: torch.fx.GraphModule, calib: list[Any], score: Callable[[torch.nn.Module], float],
                   *, convnet_family: bool, alphas: list[float],
                   choose: Callable[[torch.nn.Module], float] | None = None
@@ -439,6 +458,9 @@ def run_convnets(args: argparse.Namespace) -> dict[str, Any]:
             row["top-1 recipe"] = top1(recipe.model, evaluation, eval_y)
         if args.noise_split:
             row["noise split"] = {k: round(v, 2) for k, v in noise_split(models, score).items()}
+        if args.speed:
+            row["speed"] = speed({"fp32": gm, "default flow": models["default flow"], "recipe": recipe.model},
+                                 calib[0], args.rounds)
         if args.bounds:
             row["bounds"] = {k: round(v, 2) if isinstance(v, float) else v
                              for k, v in bounds(gm, models["default flow"], calib, val, evaluation, score,
@@ -501,6 +523,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--bounds", action="store_true",
                    help="convnets: also what per-channel activations (no x86 kernel takes them) and "
                         "mixed precision (the accuracy-aware fallback to the default flow + 3 dB) reach")
+    p.add_argument("--speed", action="store_true",
+                   help="convnets: also the latency of float, the default flow and the recipe's model "
+                        "compiled for x86 (compile_x86), batch of 32 images; run with OMP_NUM_THREADS=1")
+    p.add_argument("--rounds", type=int, default=15, help="--speed: timing rounds (median reported)")
     p.add_argument("--seed", type=int, default=0, help="convnets: random weights and image split")
     p.add_argument("--calib-images", type=int, default=128)
     p.add_argument("--val-images", type=int, default=256,
